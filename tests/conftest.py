@@ -1,0 +1,42 @@
+"""Shared test fixtures.
+
+The test run may only reach 127.0.0.0/8: pytest-socket blocks every other connect()
+(`--allow-hosts=127.0.0.0/8` in pyproject.toml), and `_loopback_sendto` below blocks UDP
+datagrams to anything else (discovery and Wake-on-LAN send with sendto, not connect).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from loadshed.sim.loop import LoopThread
+
+FIXTURES = Path(__file__).parent / "fixtures"
+LOOPBACK = ipaddress.ip_network("127.0.0.0/8")
+
+_real_sendto = socket.socket.sendto
+
+
+def _loopback_sendto(self: socket.socket, data: Any, *args: Any) -> int:
+    address = args[-1]
+    host = address[0] if isinstance(address, tuple) else None
+    if host is not None and ipaddress.ip_address(socket.gethostbyname(host)) not in LOOPBACK:
+        raise RuntimeError(f"test tried to send a datagram to {host}: only 127.0.0.0/8 is allowed")
+    return _real_sendto(self, data, *args)
+
+
+socket.socket.sendto = _loopback_sendto  # type: ignore[method-assign,assignment]
+
+
+@pytest.fixture
+def sim_loop() -> Iterator[LoopThread]:
+    """A background asyncio loop for simulators; closed (every server stopped) after the test."""
+    loop = LoopThread()
+    yield loop
+    loop.close()
