@@ -12,7 +12,9 @@ class LoadshedError(Exception):
 class ConfigError(LoadshedError):
     """A bad config.py, computers.txt or argument: names the place, the problem and the fix."""
 
-    def __init__(self, path: Path | str | None, line: int | None, problem: str, fix: str = "") -> None:
+    def __init__(
+        self, path: Path | str | None, line: int | None, problem: str, fix: str = ""
+    ) -> None:
         self.path = Path(path) if path is not None else None
         self.line = line
         self.problem = problem

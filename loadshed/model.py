@@ -75,7 +75,9 @@ class GridReading:
     """One poll of the Powerwall.
 
     `raw` is the gateway's own grid_status string ("SystemIslandedActive"), or "" when it could
-    not be read; `detail` then says why, in words the owner understands.
+    not be read; `detail` then says why, in words the owner understands, and `status` whether
+    the gateway answered and refused (FAILED: wrong password, 429, 502) or gave no answer
+    (UNREACHABLE).
     """
 
     grid: Grid
@@ -84,3 +86,4 @@ class GridReading:
     load_w: float | None = None
     solar_w: float | None = None
     detail: str = ""
+    status: Status = Status.OK

@@ -1,0 +1,152 @@
+"""The command line: argv → verb → exit code. The one place exceptions become messages.
+
+Exit codes (DESIGN §3): 0 ok, 1 runtime failure (or `check` found something unreachable),
+2 bad config or usage. A ConfigError is one line on stderr; anything unexpected is one line
+and a hint to run with --debug, which alone shows a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import sys
+import tempfile
+from collections.abc import Mapping, Sequence
+from enum import IntEnum
+from pathlib import Path
+from typing import TextIO
+
+from loadshed import __version__
+from loadshed.errors import ConfigError, LoadshedError
+from loadshed.logs import configure_logging
+
+
+class ExitCode(IntEnum):
+    OK = 0
+    FAILURE = 1  # runtime failure; `check` found something unreachable
+    USAGE = 2  # bad config, computers.txt or arguments
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that raises instead of exiting, so main() owns every exit code."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise ConfigError(None, None, f"{self.prog}: {message}", f"see `{self.prog} --help`")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="loadshed", description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--version", action="version", version=f"loadshed {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show debug logs and tracebacks")
+    verbs = parser.add_subparsers(dest="verb", required=True, parser_class=_Parser)
+
+    check = verbs.add_parser(
+        "check", help="validate the config and reach every device once (never switches anything)"
+    )
+    _add_config_args(check)
+
+    demo = verbs.add_parser(
+        "demo", help="start a simulated house on 127.0.0.1 and check it: no hardware, no config"
+    )
+    demo.add_argument("--speed", type=float, default=1.0, help="simulated clock speed (1)")
+    return parser
+
+
+def _add_config_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", type=Path, default=Path("config.py"), help="(./config.py)")
+    parser.add_argument(
+        "--computers", type=Path, default=None, help="computers.txt (./computers.txt)"
+    )
+
+
+def main(
+    argv: Sequence[str] | None = None,
+    env: Mapping[str, str] | None = None,
+    stdout: TextIO | None = None,
+    stderr: TextIO | None = None,
+) -> int:
+    """Run loadshed with argv; return the exit code."""
+    env = os.environ if env is None else env
+    out = stdout or sys.stdout
+    err = stderr or sys.stderr
+    debug = "--debug" in (argv if argv is not None else sys.argv[1:])
+    try:
+        try:
+            args = _parser().parse_args(argv)
+        except SystemExit as done:  # --help and --version
+            return int(done.code or 0)
+        # check and demo report every problem in their table; logs would say it twice.
+        configure_logging(err, debug=args.debug, level=logging.ERROR)
+        if args.verb == "check":
+            return _check(args, env, out, err)
+        if args.verb == "demo":
+            return _demo(args, env, out, err)
+        raise ConfigError(None, None, f"unknown verb {args.verb!r}")
+    except ConfigError as error:
+        print(f"loadshed: {error}", file=err)
+        return ExitCode.USAGE
+    except LoadshedError as error:
+        print(f"loadshed: {error}", file=err)
+        return ExitCode.FAILURE
+    except KeyboardInterrupt:
+        print("loadshed: interrupted", file=err)
+        return ExitCode.FAILURE
+    except Exception as error:
+        if debug:
+            raise
+        print(f"loadshed: unexpected error: {type(error).__name__}: {error}", file=err)
+        print("loadshed: run again with --debug to see where it happened", file=err)
+        return ExitCode.FAILURE
+
+
+def _check(args: argparse.Namespace, env: Mapping[str, str], out: TextIO, err: TextIO) -> int:
+    from loadshed.check import format_table, run_check
+    from loadshed.computers import load_computers
+    from loadshed.config import load_config
+    from loadshed.logs import redact_secrets
+
+    config = load_config(args.config, env)
+    computers_path = args.computers or config.path.parent / "computers.txt"
+    computers = load_computers(computers_path, required=args.computers is not None)
+    redact_secrets(config.secrets())
+    report = asyncio.run(run_check(config, computers))
+    print(format_table(report.rows), file=out)
+    for warning in report.warnings:
+        print(f"warning: {warning}", file=out)
+    unreachable = [r.name for r in report.rows if not (r.reachable and r.outcome.is_ok)]
+    if unreachable:
+        print(
+            f"\n{len(unreachable)} of {len(report.rows)} not OK: {', '.join(unreachable)}", file=out
+        )
+        return ExitCode.FAILURE
+    print(f"\nall {len(report.rows)} reachable", file=out)
+    return ExitCode.OK
+
+
+def _demo(args: argparse.Namespace, env: Mapping[str, str], out: TextIO, err: TextIO) -> int:
+    from loadshed.check import format_table, run_check
+    from loadshed.config import load_config
+    from loadshed.sim.house import SimHouse
+
+    if args.speed <= 0:
+        raise ConfigError(None, None, f"--speed {args.speed:g}", "give a speed above 0, like 60")
+    with (
+        tempfile.TemporaryDirectory(prefix="loadshed-demo-") as tmp,
+        SimHouse(speed=args.speed) as house,
+    ):
+        config_path = Path(tmp) / "config.py"
+        house.write_config(config_path)
+        print(f"A simulated house is running on 127.0.0.1 ({house.summary()}).", file=out)
+        print(f"Its config: {config_path}\n", file=out)
+        report = asyncio.run(run_check(load_config(config_path, {}), ()))
+        print(format_table(report.rows), file=out)
+        print(
+            "\nThat was `loadshed check` against the simulation: the Powerwall over HTTPS, Kasa "
+            "plugs over\ntheir TCP and KLAP protocols, Tuya plugs over protocol 3.3 and 3.4.\n"
+            "For your own house: cp config.example.py config.py, fill it in "
+            "(chmod 600 config.py),\nthen run: loadshed check",
+            file=out,
+        )
+        return ExitCode.OK if report.all_reachable else ExitCode.FAILURE

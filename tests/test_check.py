@@ -1,0 +1,213 @@
+"""`loadshed check` as the owner runs it: a subprocess against a simulated house on loopback."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from loadshed.sim.base import Fault
+from loadshed.sim.house import SimHouse
+
+CHECK_TIMEOUT_S = 60  # a hung device costs check a few seconds; never this
+
+
+@dataclass
+class Result:
+    code: int
+    out: str
+    err: str
+
+    def row(self, name: str) -> str:
+        """The table line whose first column is name."""
+        for line in self.out.splitlines():
+            if line.startswith(name + "  "):
+                return line
+        raise AssertionError(f"no row {name!r} in:\n{self.out}")
+
+    def detail_after(self, name: str) -> str:
+        lines = self.out.splitlines()
+        index = lines.index(self.row(name))
+        follow = lines[index + 1] if index + 1 < len(lines) else ""
+        assert follow.startswith("    └ "), f"no detail under {name!r}:\n{self.out}"
+        return follow.removeprefix("    └ ")
+
+
+def run_loadshed(*args: str, cwd: Path, env: dict[str, str] | None = None) -> Result:
+    environment = {k: v for k, v in os.environ.items() if not k.startswith("LOADSHED_")}
+    environment.update(env or {})
+    done = subprocess.run(
+        [sys.executable, "-m", "loadshed", *args],
+        cwd=cwd,
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=CHECK_TIMEOUT_S,
+        check=False,
+    )
+    return Result(done.returncode, done.stdout, done.stderr)
+
+
+@pytest.fixture
+def house() -> Iterator[SimHouse]:
+    with SimHouse() as simulated:
+        yield simulated
+
+
+@pytest.fixture
+def config(house: SimHouse, tmp_path: Path) -> Path:
+    return house.write_config(tmp_path / "config.py")
+
+
+def test_check_reaches_everything_and_prints_the_table(
+    house: SimHouse, config: Path, tmp_path: Path
+) -> None:
+    before = {name: outlet.on for name, outlet in house.outlets.items()}
+    result = run_loadshed("check", "--config", str(config), cwd=tmp_path)
+    assert result.code == 0, result.out + result.err
+    header = result.out.splitlines()[0].split()
+    assert header == ["name", "kind", "address", "reachable", "state", "rule"]
+    assert result.row("Powerwall").split()[1:5] == [
+        "powerwall",
+        house.powerwall.address,
+        "yes",
+        "on",
+    ]
+    assert "battery 80 %" in result.row("Powerwall")
+    assert result.row("Router").split()[1:] == [
+        "kasa",
+        house.kasa[0].address,
+        "yes",
+        "on",
+        "essential",
+    ]
+    assert "on, 150 W" in result.row("Freezer") and "shed below 30 %" in result.row("Freezer")
+    for child in ("Monitor", "Printer", "Desk lamp"):
+        assert house.kasa[2].address in result.row(child)
+    assert "off" in result.row("Desk lamp").split()
+    assert "shed at outage" in result.row("TV")  # the KLAP plug, through the TP-Link login
+    assert "on, 1500 W" in result.row("Space heater")
+    assert "shed below 50 %" in result.row("Dehumidifier")  # protocol 3.4
+    assert "all 10 reachable" in result.out
+    assert house.password not in result.out + result.err
+    assert house.kasa_password not in result.out + result.err
+    # check reads and never switches: every outlet is as it was.
+    assert {name: outlet.on for name, outlet in house.outlets.items()} == before
+
+
+def test_unreachable_plugs_are_exit_1_with_the_reason(
+    house: SimHouse, config: Path, tmp_path: Path
+) -> None:
+    house.set_fault("Space heater", Fault.DOWN)
+    house.set_fault("Freezer", Fault.HUNG)
+    result = run_loadshed("check", "--config", str(config), cwd=tmp_path)
+    assert result.code == 1
+    assert "NO" in result.row("Space heater").split()
+    assert "connection refused" in result.detail_after("Space heater")
+    kasa_freezer = house.kasa[1].address
+    assert result.row(kasa_freezer).split()[3] == "NO"  # no answer: its alias is not known
+    assert "no answer" in result.detail_after(kasa_freezer)
+    assert "yes" in result.row("Router").split()  # the others are still checked
+    assert "2 of 10 not OK" in result.out or "not OK" in result.out
+
+
+def test_wrong_powerwall_password_is_named(config: Path, tmp_path: Path) -> None:
+    text = config.read_text()
+    config.write_text(text + 'PWPASS = "not-the-password"\n')
+    result = run_loadshed("check", "--config", str(config), cwd=tmp_path)
+    assert result.code == 1
+    assert "failed" in result.row("Powerwall").split()
+    assert "check PWPASS" in result.detail_after("Powerwall")
+    assert "not-the-password" not in result.out + result.err
+
+
+def test_wrong_kasa_password_is_a_login_failure_not_offline(config: Path, tmp_path: Path) -> None:
+    config.write_text(config.read_text() + 'KASA_PASSWORD = "wrong-kasa-pass"\n')
+    result = run_loadshed("check", "--config", str(config), cwd=tmp_path)
+    assert result.code == 1
+    assert "KASA_USERNAME" in result.out
+    assert "wrong-kasa-pass" not in result.out + result.err
+
+
+def test_environment_secret_overrides_the_file(
+    house: SimHouse, config: Path, tmp_path: Path
+) -> None:
+    config.write_text(config.read_text().replace(house.password, "stale-password"))
+    result = run_loadshed(
+        "check", "--config", str(config), cwd=tmp_path, env={"LOADSHED_PWPASS": house.password}
+    )
+    assert result.code == 0, result.out
+    assert "yes" in result.row("Powerwall").split()
+
+
+def test_computers_are_probed_on_their_port(house: SimHouse, config: Path, tmp_path: Path) -> None:
+    listening = socket.create_server(("127.0.0.1", 0))
+    open_port = listening.getsockname()[1]
+    closed = socket.create_server(("127.0.0.1", 0))
+    closed_port = closed.getsockname()[1]
+    closed.close()
+    try:
+        computers = tmp_path / "computers.txt"
+        computers.write_text(
+            f"linux admin@127.0.0.1 port={open_port} name=NAS shed_below=30\n"
+            f"windows 127.0.0.1 port={closed_port} name=GamePC\n"
+        )
+        result = run_loadshed("check", "--config", str(config), cwd=tmp_path)
+    finally:
+        listening.close()
+    assert result.code == 1
+    assert result.row("NAS").split()[1:4] == ["linux", f"127.0.0.1:{open_port}", "yes"]
+    assert "shed below 30 %" in result.row("NAS")
+    assert result.row("GamePC").split()[1:4] == ["windows", f"127.0.0.1:{closed_port}", "NO"]
+    assert "refused" in result.detail_after("GamePC")
+
+
+def test_bad_computers_line_is_exit_2(config: Path, tmp_path: Path) -> None:
+    computers = tmp_path / "machines.txt"
+    computers.write_text("linux nas\nlinux -oProxyCommand=touch\n")
+    result = run_loadshed(
+        "check", "--config", str(config), "--computers", str(computers), cwd=tmp_path
+    )
+    assert result.code == 2
+    assert result.out == ""
+    assert result.err.startswith(f"loadshed: {computers}:2: host '-oProxyCommand=touch'")
+    assert "Traceback" not in result.err
+
+
+def test_missing_config_is_exit_2_and_says_how_to_make_one(tmp_path: Path) -> None:
+    result = run_loadshed("check", cwd=tmp_path)
+    assert result.code == 2
+    assert result.err.splitlines() == [
+        "loadshed: config.py: no such file — create it: copy config.example.py to config.py, "
+        "then edit it (chmod 600: it holds passwords)"
+    ]
+
+
+def test_check_with_everything_down_is_exit_1_not_a_crash(tmp_path: Path) -> None:
+    config = tmp_path / "config.py"
+    free = socket.create_server(("127.0.0.1", 0))
+    port = free.getsockname()[1]
+    free.close()
+    config.write_text(
+        f'PWIPNAME = "127.0.0.1:{port}"\nPWPASS = "pw"\nKASA_HOSTS = ["127.0.0.1:{port}"]\n'
+    )
+    config.chmod(0o600)
+    result = run_loadshed("check", "--config", str(config), cwd=tmp_path)
+    assert result.code == 1
+    assert "cannot reach the Powerwall" in result.detail_after("Powerwall")
+    assert "Traceback" not in result.err
+
+
+def test_demo_checks_the_simulated_house(tmp_path: Path) -> None:
+    result = run_loadshed("demo", cwd=tmp_path)
+    assert result.code == 0, result.out + result.err
+    assert "A simulated house is running on 127.0.0.1" in result.out
+    powerwall = next(line for line in result.out.splitlines() if line.startswith("Powerwall "))
+    assert powerwall.split()[3:5] == ["yes", "on"]
+    assert "loadshed check" in result.out
