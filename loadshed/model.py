@@ -87,3 +87,51 @@ class GridReading:
     solar_w: float | None = None
     detail: str = ""
     status: Status = Status.OK
+
+
+class Verb(Enum):
+    """What an action does to a device."""
+
+    SHED = "shed"  # switch off / shut down
+    RESTORE = "restore"  # switch on / wake
+
+
+@dataclass(frozen=True, slots=True)
+class Action:
+    """One thing the policy wants done, and why."""
+
+    verb: Verb
+    device: str  # unique device name
+    reason: str  # "off-grid", "battery 28 % < 30 %", "forced from keyboard"
+
+
+class EventKind(Enum):
+    """Transitions worth a line in events.log and a message to the owner (NUT's notify types)."""
+
+    OFF_GRID = "grid lost"
+    ON_GRID = "grid back"
+    POWERWALL_LOST = "Powerwall unreachable"
+    POWERWALL_BACK = "Powerwall reachable again"
+    SHED_DONE = "shed finished"
+    TIER_SHED = "low-battery shed"
+    TIER_RESTORED = "battery recovered"
+    RESTORE_DONE = "restore finished"
+    DEVICE_FAILED = "device failed"
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """Something that happened, as the owner should hear of it.
+
+    `done` names the devices the event's action succeeded on; `failed` pairs each device that
+    did not with why, in words ("no answer in 3 s"). `id` is unique and stable, so a message
+    sent twice can be recognised.
+    """
+
+    kind: EventKind
+    at: float  # wall-clock time.time() when it happened
+    id: str
+    battery_pct: float | None = None
+    detail: str = ""
+    done: tuple[str, ...] = ()
+    failed: tuple[tuple[str, str], ...] = ()
