@@ -14,19 +14,14 @@ import os
 import sys
 import tempfile
 from collections.abc import Mapping, Sequence
-from enum import IntEnum
 from pathlib import Path
 from typing import TextIO
 
 from loadshed import __version__
-from loadshed.errors import ConfigError, LoadshedError
+from loadshed.errors import ConfigError, ExitCode, LoadshedError
 from loadshed.logs import configure_logging
 
-
-class ExitCode(IntEnum):
-    OK = 0
-    FAILURE = 1  # runtime failure; `check` found something unreachable
-    USAGE = 2  # bad config, computers.txt or arguments
+PLAIN_FORMAT = "%(asctime)s %(message)s"
 
 
 class _Parser(argparse.ArgumentParser):
@@ -47,6 +42,22 @@ def _parser() -> argparse.ArgumentParser:
     )
     _add_config_args(check)
 
+    run = verbs.add_parser("run", help="the daemon: watch the Powerwall, shed and restore")
+    _add_config_args(run)
+    _add_engine_args(run)
+    run.add_argument(
+        "--no-ui", action="store_true", help="plain log lines on stdout, no curses screen"
+    )
+
+    shed = verbs.add_parser("shed", help="switch off every non-essential device now, then exit")
+    _add_config_args(shed)
+    _add_engine_args(shed)
+    restore = verbs.add_parser(
+        "restore", help="switch back on everything loadshed switched off, then exit"
+    )
+    _add_config_args(restore)
+    _add_engine_args(restore)
+
     demo = verbs.add_parser(
         "demo", help="start a simulated house on 127.0.0.1 and check it: no hardware, no config"
     )
@@ -58,6 +69,15 @@ def _add_config_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", type=Path, default=Path("config.py"), help="(./config.py)")
     parser.add_argument(
         "--computers", type=Path, default=None, help="computers.txt (./computers.txt)"
+    )
+
+
+def _add_engine_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--dry-run", action="store_true", help="decide and log, but throw no switch, write no state"
+    )
+    parser.add_argument(
+        "--state-dir", type=Path, default=None, help="where state.json and events.log live"
     )
 
 
@@ -77,6 +97,14 @@ def main(
             args = _parser().parse_args(argv)
         except SystemExit as done:  # --help and --version
             return int(done.code or 0)
+        if args.verb in ("run", "shed", "restore"):
+            from loadshed import daemon
+
+            # Plain mode: timestamped lines on stdout, what systemd and a pipe want.
+            configure_logging(out, debug=args.debug, level=logging.INFO, fmt=PLAIN_FORMAT)
+            if args.verb == "run":
+                return daemon.run(args, env, out)
+            return daemon.one_shot(args, env, out)
         # check and demo report every problem in their table; logs would say it twice.
         configure_logging(err, debug=args.debug, level=logging.ERROR)
         if args.verb == "check":

@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
+from enum import IntEnum
 from pathlib import Path
+
+
+class ExitCode(IntEnum):
+    OK = 0
+    FAILURE = 1  # runtime failure; `check` found something unreachable
+    USAGE = 2  # bad config, computers.txt or arguments
 
 
 class LoadshedError(Exception):

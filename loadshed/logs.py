@@ -39,16 +39,22 @@ class RedactingFormatter(logging.Formatter):
         return redact(super().format(record))
 
 
-def configure_logging(stream: TextIO, *, debug: bool = False, level: int = logging.WARNING) -> None:
+def configure_logging(
+    stream: TextIO,
+    *,
+    debug: bool = False,
+    level: int = logging.WARNING,
+    fmt: str = "%(asctime)s %(levelname)s %(name)s: %(message)s",
+) -> None:
     """Send log lines to stream, timestamped, redacted; DEBUG everything with --debug."""
     handler = logging.StreamHandler(stream)
-    handler.setFormatter(RedactingFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    handler.setFormatter(RedactingFormatter(fmt, datefmt="%Y-%m-%d %H:%M:%S"))
     root = logging.getLogger()
     for old in list(root.handlers):
         root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(logging.DEBUG if debug else level)
     if not debug:
-        # The device libraries log every retry at WARNING; loadshed reports outcomes itself.
-        for noisy in ("kasa", "tinytuya", "tesla_powerwall", "aiohttp"):
-            logging.getLogger(noisy).setLevel(logging.ERROR)
+        # The device libraries log every retry; loadshed reports outcomes itself.
+        for noisy in ("kasa", "tinytuya", "tesla_powerwall", "aiohttp", "asyncio"):
+            logging.getLogger(noisy).setLevel(logging.CRITICAL)

@@ -1,0 +1,132 @@
+"""`loadshed run`, `shed` and `restore`: set up the config, the state dir and the engine.
+
+Plain mode: timestamped lines on stdout (the curses screen is for a terminal). SIGTERM and
+SIGINT ask the monitor to quit; it lets switches in flight finish and writes the state first.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+from collections.abc import Mapping
+from types import FrameType
+from typing import Final, TextIO
+
+from loadshed.computers import load_computers
+from loadshed.config import Config, load_config
+from loadshed.engine import Command, CommandKind, Engine
+from loadshed.errors import ExitCode
+from loadshed.logs import redact_secrets
+from loadshed.model import Power, Status, Verb
+from loadshed.monitor import Monitor
+from loadshed.policy import ESSENTIAL
+from loadshed.state import EVENTS_LOGGER, StateStore, default_state_dir
+
+_LOG = logging.getLogger(__name__)
+
+JOIN_POLL_S: Final = 0.5  # the main thread wakes this often so signals are handled promptly
+
+
+def _setup(args: argparse.Namespace, env: Mapping[str, str]) -> tuple[Config, StateStore | None]:
+    config = load_config(args.config, env)
+    computers_path = args.computers or config.path.parent / "computers.txt"
+    load_computers(computers_path, required=args.computers is not None)
+    redact_secrets(config.secrets())
+    for warning in config.warnings:
+        _LOG.warning("%s", warning)
+    if args.dry_run:
+        _LOG.info("dry run: nothing will be switched and no state written")
+        return config, None
+    state_dir = args.state_dir or config.state_dir or default_state_dir()
+    store = StateStore(state_dir)
+    store.open()
+    logging.getLogger(EVENTS_LOGGER).addHandler(store.events_handler())
+    _LOG.info("state dir: %s", state_dir)
+    return config, store
+
+
+def run(args: argparse.Namespace, env: Mapping[str, str], out: TextIO) -> int:
+    """The daemon, in plain mode, until SIGTERM or SIGINT."""
+    config, store = _setup(args, env)
+    monitor = Monitor(config, store, dry_run=args.dry_run)
+
+    def _quit(signum: int, frame: FrameType | None) -> None:
+        _LOG.info("%s: stopping", signal.Signals(signum).name)
+        monitor.stop()
+
+    previous = {s: signal.signal(s, _quit) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        _LOG.info(
+            "loadshed watching the Powerwall at %s every %g s", config.powerwall, config.poll_s
+        )
+        monitor.start()
+        while not monitor.join(JOIN_POLL_S):
+            pass
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        if store is not None:
+            store.close()
+    if monitor.error is not None:
+        print(f"loadshed: the monitor stopped: {monitor.error}", file=sys.stderr)
+        return ExitCode.FAILURE
+    _LOG.info("stopped")
+    return ExitCode.OK
+
+
+def one_shot(args: argparse.Namespace, env: Mapping[str, str], out: TextIO) -> int:
+    """`loadshed shed` / `loadshed restore`: one forced command through the engine, then exit."""
+    config, store = _setup(args, env)
+    kind = CommandKind.FORCE_SHED if args.verb == "shed" else CommandKind.FORCE_RESTORE
+    try:
+        return asyncio.run(_one_shot(config, store, kind, args.dry_run, out))
+    finally:
+        if store is not None:
+            store.close()
+
+
+async def _one_shot(
+    config: Config, store: StateStore | None, kind: CommandKind, dry_run: bool, out: TextIO
+) -> int:
+    engine = Engine(config, store, dry_run=dry_run)
+    try:
+        await engine.start()
+        engine.obey(Command(kind, origin="command line"))
+        await engine.settle()
+    finally:
+        await engine.close()
+    acted = {action.device for action, _ in engine.results}
+    ok = True
+    for action, outcome in engine.results:
+        wanted = Power.OFF if action.verb is Verb.SHED else Power.ON
+        if outcome.is_ok and outcome.power is wanted:
+            print(f"{action.device}: {'would be ' if dry_run else ''}{wanted.value}", file=out)
+        else:
+            ok = False
+            print(f"{action.device}: FAILED: {outcome.detail}", file=out)
+    for name, device in engine.registry.devices.items():
+        if name in acted:
+            continue
+        if device.status is not Status.OK:
+            ok = False
+            print(f"{name}: unreachable: {device.detail}", file=out)
+        elif kind is CommandKind.FORCE_SHED and device.rule <= ESSENTIAL:
+            print(f"{name}: essential, left {_power(device.power)}", file=out)
+        elif kind is CommandKind.FORCE_SHED:
+            print(f"{name}: already {_power(device.power)}", file=out)
+        else:
+            print(f"{name}: not switched off by loadshed, left {_power(device.power)}", file=out)
+    for placeholder in engine.registry.pending:
+        ok = False
+        print(f"Kasa {placeholder.host.address}: unreachable: {placeholder.detail}", file=out)
+    for name in sorted(set(engine.state.shed) - set(engine.registry.devices)):
+        ok = False
+        print(f"{name}: not reachable, still switched off by loadshed", file=out)
+    return ExitCode.OK if ok else ExitCode.FAILURE
+
+
+def _power(power: Power | None) -> str:
+    return power.value if power is not None else "in an unknown state"

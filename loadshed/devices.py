@@ -1,0 +1,149 @@
+"""The house's devices as the engine sees them: drivers by unique name, with what was last read.
+
+Builds the drivers from the config (Kasa hosts, Tuya plugs), connects Kasa hosts (a strip
+becomes one device per outlet), and keeps each device's last power, status and error. A Kasa
+host that does not answer stays a placeholder, named by its address, until it does.
+
+Runs on the engine's loop; never raises into it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+from typing import Final
+
+from loadshed.config import Config
+from loadshed.drivers import Switch
+from loadshed.drivers.kasa import KasaHost
+from loadshed.drivers.tuya import TuyaPlug, tuya_executor
+from loadshed.model import Kind, Outcome, Power, Status, Verb
+
+_LOG = logging.getLogger(__name__)
+
+DEVICE_TIMEOUT_S: Final = 3.0  # one plug's answer; KLAP needs 2 s or more (drivers/kasa.py)
+
+
+@dataclass
+class Device:
+    """One switchable device and what the engine last learnt of it (loop thread only)."""
+
+    switch: Switch
+    rule: int  # SHED_BELOW that applies: 0 essential, 1-99 tier, 100 at outage
+    power: Power | None = None
+    status: Status | None = None  # None: not read yet
+    detail: str = ""
+    watts: float | None = None
+    busy: Verb | None = None  # an action is in flight
+    failures: int = 0  # failed actions in a row
+    retry_at: float = 0.0  # monotonic time before which no new action is started
+
+    @property
+    def name(self) -> str:
+        return self.switch.name
+
+    def learn(self, outcome: Outcome) -> None:
+        """Take in what a read or a switch said."""
+        self.status = outcome.status
+        self.detail = outcome.detail if not outcome.is_ok else ""
+        if outcome.power is not None:
+            self.power = outcome.power
+        if outcome.is_ok:
+            self.watts = outcome.watts if self.power is Power.ON else None
+
+
+@dataclass
+class Placeholder:
+    """A Kasa host that has not answered yet: its outlets and their names are unknown."""
+
+    host: KasaHost
+    status: Status = Status.UNREACHABLE
+    detail: str = "not reached yet"
+
+
+class Registry:
+    """Every device of the house, by unique name."""
+
+    def __init__(self, config: Config, *, timeout_s: float = DEVICE_TIMEOUT_S) -> None:
+        self.config = config
+        self.timeout_s = timeout_s
+        self.devices: dict[str, Device] = {}
+        self.pending: list[Placeholder] = [
+            Placeholder(
+                KasaHost(
+                    h.host,
+                    h.port,
+                    username=config.kasa_username,
+                    password=config.kasa_password,
+                    timeout_s=timeout_s,
+                )
+            )
+            for h in config.kasa_hosts
+        ]
+        self._executor = tuya_executor(len(config.tuya_devices))
+        for d in config.tuya_devices:
+            plug = TuyaPlug(
+                d.name,
+                d.id,
+                d.ip,
+                d.key,
+                d.version,
+                port=d.port,
+                dps=d.dps,
+                timeout_s=timeout_s,
+                executor=self._executor,
+            )
+            self._add(plug)
+
+    def _add(self, switch: Switch) -> Device:
+        name = switch.name
+        if name in self.devices:
+            # Two devices with one name: SHED_BELOW cannot tell them apart; the address can.
+            _LOG.warning(
+                "two devices are named %r (%s and %s); calling the second %r",
+                name,
+                self.devices[name].switch.address,
+                switch.address,
+                f"{name} @ {switch.address}",
+            )
+            name = f"{name} @ {switch.address}"
+            switch.name = name
+        device = Device(switch, self.config.rule_for(name))
+        self.devices[name] = device
+        return device
+
+    async def connect_pending(self) -> list[str]:
+        """Try every Kasa host not yet connected, concurrently; return the new device names."""
+        if not self.pending:
+            return []
+        outcomes = await asyncio.gather(*(p.host.connect() for p in self.pending))
+        added: list[str] = []
+        still: list[Placeholder] = []
+        for placeholder, outcome in zip(self.pending, outcomes, strict=True):
+            if not outcome.is_ok:
+                placeholder.status, placeholder.detail = outcome.status, outcome.detail
+                still.append(placeholder)
+                continue
+            for switch in placeholder.host.switches:
+                added.append(self._add(switch).name)
+        self.pending = still
+        return added
+
+    async def read(self, names: list[str]) -> None:
+        """Read the named devices concurrently and learn what they say."""
+        devices = [self.devices[n] for n in names if n in self.devices]
+        outcomes = await asyncio.gather(*(d.switch.read() for d in devices))
+        for device, outcome in zip(devices, outcomes, strict=True):
+            device.learn(outcome)
+
+    async def close(self) -> None:
+        await asyncio.gather(
+            *(d.switch.close() for d in self.devices.values()),
+            *(p.host.close() for p in self.pending),
+            return_exceptions=True,
+        )
+        self._executor.shutdown(wait=False, cancel_futures=True)
+
+    def kind_of(self, name: str) -> Kind:
+        return self.devices[name].switch.kind

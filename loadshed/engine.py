@@ -1,0 +1,571 @@
+"""The engine: poll the Powerwall, ask the policy, switch, remember, publish. One asyncio loop.
+
+Each poll feeds the latest reading to `policy.decide`; the actions go to the shedder part of
+this module, which runs them concurrently, each bounded by its driver's timeout, and never in
+the poll's way: a hung plug holds its own task and nobody else. A failed device is tried again
+on later polls, spaced by a growing back-off.
+
+State before switches: the intent to switch a device off is written to state.json before the
+switch is thrown; the outcome (confirmed off, or failed) follows. A restart reads it back and
+carries on. Commands (force shed, force restore, quit) arrive on a queue.Queue; the published
+`Snapshot` is immutable and replaced whole, the only thing the UI reads.
+
+Must not: block the loop on a device; act on an unknown grid; raise out of `run`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import queue
+import time
+import traceback
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+from enum import Enum
+from typing import Final
+
+from loadshed import policy
+from loadshed.config import Config
+from loadshed.devices import Device, Registry
+from loadshed.drivers.powerwall import PowerwallSource
+from loadshed.model import (
+    Action,
+    Event,
+    EventKind,
+    Grid,
+    GridReading,
+    Kind,
+    Outcome,
+    Power,
+    Status,
+    Verb,
+)
+from loadshed.state import EVENTS_LOGGER, ShedEntry, State, StateStore
+
+_LOG = logging.getLogger(__name__)
+_EVENTS = logging.getLogger(EVENTS_LOGGER)
+
+POWERWALL_TIMEOUT_S: Final = 5.0  # one request to the gateway; a read gets 3 x this at most
+DEVICE_REFRESH_S: Final = 30.0  # re-read every device this often, to see hand switching
+RETRY_FIRST_S: Final = 2.0  # a failed device is tried again after this, doubling ...
+RETRY_MAX_S: Final = 60.0  # ... up to once a minute: a plug back on the network is found soon
+QUIT_WAIT_S: Final = 10.0  # on quit, how long switches in flight may take to finish
+RECENT_EVENTS: Final = 8  # lines kept for the screen
+
+
+class CommandKind(Enum):
+    FORCE_SHED = "force shed"
+    FORCE_RESTORE = "force restore"
+    QUIT = "quit"
+
+
+@dataclass(frozen=True, slots=True)
+class Command:
+    kind: CommandKind
+    origin: str = "keyboard"  # said in the reason: "forced from keyboard"
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceRow:
+    """One device on the screen."""
+
+    name: str
+    kind: Kind
+    address: str
+    rule: int
+    power: Power | None
+    status: Status | None
+    detail: str = ""
+    watts: float | None = None
+    shed_reason: str | None = None  # loadshed switched it off, and why
+    busy: Verb | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    """The whole house at one moment, for the screen. Immutable; replaced whole."""
+
+    taken_at: float  # wall clock
+    reading: GridReading
+    devices: tuple[DeviceRow, ...] = ()
+    grid_since: float | None = None  # wall clock when the present grid state began
+    outage_since: float | None = None  # wall clock when the outage began
+    unknown_since: float | None = None  # wall clock since the Powerwall became unreadable
+    restore_at: float | None = None  # wall clock when the grid-back restore is due
+    shed_at: float | None = None  # wall clock when an outage will be confirmed
+    hold: bool = False
+    paused: bool = False
+    dry_run: bool = False
+    events: tuple[str, ...] = ()
+    started: bool = False  # the first reads are done
+
+
+@dataclass
+class _Batch:
+    """Actions started together; one event when the last of them ends."""
+
+    kind: EventKind | None  # None: retries, which are logged but not announced
+    battery_pct: float | None
+    left: int
+    done: list[str] = field(default_factory=list)
+    failed: list[tuple[str, str]] = field(default_factory=list)
+
+
+class Engine:
+    """The loop's work. Everything here runs on one event loop."""
+
+    def __init__(
+        self,
+        config: Config,
+        store: StateStore | None,
+        *,
+        dry_run: bool = False,
+        on_event: Callable[[Event], None] | None = None,
+        on_snapshot: Callable[[Snapshot], None] | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        wall: Callable[[], float] = time.time,
+    ) -> None:
+        self.config = config
+        self.store = store
+        self.dry_run = dry_run
+        self.clock = clock
+        self.wall = wall
+        self._on_event = on_event
+        self._on_snapshot = on_snapshot
+        self.rules = policy.Rules(config.poll_s, config.outage_confirm_s, config.restore_after_s)
+        self.registry = Registry(config)
+        self.grid = PowerwallSource(
+            str(config.powerwall),
+            config.powerwall_password,
+            config.powerwall_email,
+            timeout_s=POWERWALL_TIMEOUT_S,
+            clock=clock,
+        )
+        self.state = State()
+        self.memory = policy.Memory()
+        self.reading = GridReading(Grid.UNKNOWN, detail="not read yet", status=Status.UNREACHABLE)
+        self.snapshot = Snapshot(taken_at=wall(), reading=self.reading, dry_run=dry_run)
+        self._decision = policy.Decision((), self.memory)
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._recent: list[str] = []
+        self._grid_since_wall: float | None = None
+        self._outage_since_wall: float | None = None
+        self._powerwall_lost = False
+        self._save_pending = False
+        self._started = False
+        self.results: list[tuple[Action, Outcome]] = []  # every action's outcome, in order
+
+    # --- start and stop -----------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Load the state, reach every device and read its real state, read the grid."""
+        if self.store is not None:
+            self.state = self.store.load()
+            if self.state.shed:
+                names = ", ".join(sorted(self.state.shed))
+                self._say(f"state.json: loadshed had switched off {names}")
+        self.memory = replace(self.memory, hold=self.state.hold, paused=self.state.paused)
+        _, self.reading = await asyncio.gather(self._connect_and_read_all(), self.grid.read())
+        self._started = True
+        self._publish()
+
+    async def _connect_and_read_all(self) -> None:
+        await self.registry.connect_pending()
+        await self.registry.read(list(self.registry.devices))
+        self._reconcile_reads(list(self.registry.devices))
+        for placeholder in self.registry.pending:
+            self._say(f"Kasa {placeholder.host.address}: {placeholder.detail}", logging.WARNING)
+        for device in self.registry.devices.values():
+            if device.status is not Status.OK:
+                self._say(f"{device.name}: {device.detail}", logging.WARNING)
+
+    async def close(self) -> None:
+        """Let switches in flight finish (bounded), write the state, release everything."""
+        if self._tasks:
+            await asyncio.wait(list(self._tasks), timeout=QUIT_WAIT_S)
+        self._flush()
+        await asyncio.gather(self.registry.close(), self.grid.close(), return_exceptions=True)
+
+    # --- the loop -----------------------------------------------------------------------------
+
+    async def run(self, commands: queue.Queue[Command], wake: asyncio.Event) -> None:
+        """Poll every POLL_SECONDS and obey commands until QUIT."""
+        poller = asyncio.create_task(self._poll_loop())
+        refresher = asyncio.create_task(self._refresh_loop())
+        try:
+            while True:
+                await wake.wait()
+                wake.clear()
+                while True:
+                    try:
+                        command = commands.get_nowait()
+                    except queue.Empty:
+                        break
+                    if command.kind is CommandKind.QUIT:
+                        return
+                    self.obey(command)
+        finally:
+            for task in (poller, refresher):
+                task.cancel()
+            await asyncio.gather(poller, refresher, return_exceptions=True)
+
+    async def _poll_loop(self) -> None:
+        while True:
+            started = self.clock()
+            await self.poll()
+            await asyncio.sleep(max(0.0, self.config.poll_s - (self.clock() - started)))
+
+    async def _refresh_loop(self) -> None:
+        while True:
+            await asyncio.sleep(DEVICE_REFRESH_S)
+            await self.refresh()
+
+    async def poll(self) -> None:
+        """Read the grid once, decide, dispatch, publish."""
+        self.reading = await self.grid.read()
+        self.decide()
+
+    async def refresh(self) -> None:
+        """Reach Kasa hosts still missing and re-read every device not busy."""
+        added = await self.registry.connect_pending()
+        for name in added:
+            self._say(f"{name}: reachable")
+        idle = [n for n, d in self.registry.devices.items() if d.busy is None]
+        await self.registry.read(idle)
+        self._reconcile_reads(idle)
+        self.decide()
+
+    def decide(self) -> None:
+        now = self.clock()
+        decision = policy.decide(
+            self.reading, now, self.memory, self._shed_views(), self._device_views(), self.rules
+        )
+        self._note_grid(decision)  # "grid lost" before the switching it causes
+        self._take(decision, self.reading.battery_pct)
+        self._publish()
+
+    def obey(self, command: Command) -> None:
+        """Force a shed or a restore now, whatever the grid."""
+        reason = f"forced from {command.origin}"
+        if command.kind is CommandKind.FORCE_SHED:
+            decision = policy.force_shed(
+                self.memory, self._shed_views(), self._device_views(), reason
+            )
+        else:
+            decision = policy.force_restore(self.memory, self._shed_views(), reason)
+        self._say(f"{command.kind.value} ({reason}): {len(decision.actions)} devices")
+        self._take(decision, self.reading.battery_pct, forced=True)
+        self._publish()
+
+    async def settle(self) -> None:
+        """Wait until no switch is in flight (for one-shot commands and tests)."""
+        while self._tasks:
+            await asyncio.wait(list(self._tasks))
+
+    # --- policy in, actions out ---------------------------------------------------------------
+
+    def _device_views(self) -> list[policy.DeviceView]:
+        return [
+            policy.DeviceView(name, d.rule, d.power) for name, d in self.registry.devices.items()
+        ]
+
+    def _shed_views(self) -> dict[str, policy.ShedView]:
+        views = {}
+        for name, entry in self.state.shed.items():
+            device = self.registry.devices.get(name)
+            rule = device.rule if device is not None else self.config.rule_for(name)
+            views[name] = policy.ShedView(
+                entry.reason, entry.confirmed, policy.tier_of(entry.reason, rule)
+            )
+        return views
+
+    def _take(
+        self, decision: policy.Decision, battery_pct: float | None, *, forced: bool = False
+    ) -> None:
+        """Adopt the decision's memory and start its actions."""
+        self._decision = decision
+        if decision.memory.hold != self.state.hold or decision.memory.paused != self.state.paused:
+            self._set_state(
+                replace(self.state, hold=decision.memory.hold, paused=decision.memory.paused)
+            )
+        self.memory = decision.memory
+        now = self.clock()
+        ready: list[tuple[Action, Device]] = []
+        for action in decision.actions:
+            device = self.registry.devices.get(action.device)
+            if device is None or device.busy is not None or (now < device.retry_at and not forced):
+                continue
+            ready.append((action, device))
+        if not ready:
+            return
+        self._write_intent([(a, d) for a, d in ready if a.verb is Verb.SHED])
+        for verb in (Verb.SHED, Verb.RESTORE):
+            group = [(a, d) for a, d in ready if a.verb is verb]
+            if not group:
+                continue
+            retries = all(d.failures > 0 for _, d in group)
+            batch = _Batch(
+                None if retries else _event_kind(verb, group[0][0].reason),
+                battery_pct,
+                len(group),
+            )
+            for action, device in group:
+                device.busy = verb
+                self._say(f"{_would(self.dry_run, verb)} {action.device} ({action.reason})")
+                task = asyncio.create_task(self._act(action, device, batch))
+                self._tasks.add(task)
+                task.add_done_callback(self._tasks.discard)
+
+    def _write_intent(self, sheds: Sequence[tuple[Action, Device]]) -> None:
+        """Record, before any switch is thrown, what is about to be switched off."""
+        if not sheds:
+            return
+        entries = dict(self.state.shed)
+        for action, device in sheds:
+            old = entries.get(action.device)
+            entries[action.device] = ShedEntry(
+                name=action.device,
+                kind=device.switch.kind,
+                address=device.switch.address,
+                reason=old.reason if old is not None and old.confirmed else action.reason,
+                at=old.at if old is not None else self.wall(),
+                prior=Power.ON,
+                confirmed=False,
+                attempts=(old.attempts if old is not None else 0) + 1,
+                last_error=old.last_error if old is not None else "",
+            )
+        self.state = replace(self.state, shed=entries)
+        if not self.dry_run and self.store is not None:
+            self.store.save(self.state)  # synchronously: the switch waits for the disk
+
+    async def _act(self, action: Action, device: Device, batch: _Batch) -> None:
+        try:
+            if self.dry_run:
+                wanted = Power.OFF if action.verb is Verb.SHED else Power.ON
+                outcome = Outcome.ok(wanted, detail="dry run")
+            elif action.verb is Verb.SHED:
+                outcome = await device.switch.off()
+            else:
+                outcome = await device.switch.on()
+        except Exception as err:  # a driver bug must not stop the shed
+            _LOG.error("%s: %s", action.device, "".join(traceback.format_exception(err)))
+            outcome = Outcome.failed(f"internal error: {type(err).__name__}: {err}")
+        finally:
+            device.busy = None
+        device.learn(outcome)
+        self.results.append((action, outcome))
+        wanted = Power.OFF if action.verb is Verb.SHED else Power.ON
+        if outcome.is_ok and outcome.power is wanted:
+            self._succeeded(action, device, batch)
+        else:
+            self._failed(action, device, batch, outcome)
+        if batch.left == 0:
+            self._batch_done(batch)
+        self._publish()
+
+    def _succeeded(self, action: Action, device: Device, batch: _Batch) -> None:
+        device.failures, device.retry_at = 0, 0.0
+        entries = dict(self.state.shed)
+        if action.verb is Verb.SHED:
+            if action.device in entries:
+                entries[action.device] = replace(
+                    entries[action.device], confirmed=True, last_error=""
+                )
+            self._say(f"{action.device}: off", event=True)
+        else:
+            entries.pop(action.device, None)
+            self._say(f"{action.device}: on", event=True)
+        self._set_state(replace(self.state, shed=entries))
+        batch.left -= 1
+        batch.done.append(action.device)
+
+    def _failed(self, action: Action, device: Device, batch: _Batch, outcome: Outcome) -> None:
+        device.failures += 1
+        pause = min(RETRY_FIRST_S * 2 ** (device.failures - 1), RETRY_MAX_S)
+        device.retry_at = self.clock() + pause
+        why = outcome.detail or f"it reports {outcome.power.value if outcome.power else 'nothing'}"
+        entries = dict(self.state.shed)
+        if action.device in entries:
+            entries[action.device] = replace(entries[action.device], last_error=why)
+            self._set_state(replace(self.state, shed=entries))
+        verb = "switch off" if action.verb is Verb.SHED else "switch on"
+        self._say(
+            f"{action.device}: could not {verb}: {why}; trying again in {pause:g} s",
+            logging.WARNING,
+            event=True,
+        )
+        batch.left -= 1
+        batch.failed.append((action.device, why))
+
+    def _batch_done(self, batch: _Batch) -> None:
+        if batch.kind is None:
+            return
+        summary = f"{batch.kind.value}: {len(batch.done)} done"
+        if batch.failed:
+            summary += ", failed: " + ", ".join(f"{n} ({why})" for n, why in batch.failed)
+        self._say(summary)
+        self._emit(
+            Event(
+                batch.kind,
+                self.wall(),
+                uuid.uuid4().hex[:12],
+                battery_pct=batch.battery_pct,
+                done=tuple(batch.done),
+                failed=tuple(batch.failed),
+            )
+        )
+
+    def _reconcile_reads(self, names: Sequence[str]) -> None:
+        """A shed not confirmed, now read off: it did go off (errs toward remembering)."""
+        entries = dict(self.state.shed)
+        changed = False
+        for name in names:
+            entry, device = entries.get(name), self.registry.devices.get(name)
+            off = device is not None and device.power is Power.OFF
+            if entry is not None and off and not entry.confirmed:
+                entries[name] = replace(entry, confirmed=True)
+                changed = True
+        if changed:
+            self._set_state(replace(self.state, shed=entries))
+
+    # --- grid transitions, state, output -------------------------------------------------------
+
+    def _note_grid(self, decision: policy.Decision) -> None:
+        reading = self.reading
+        if reading.grid is Grid.UNKNOWN:
+            lost_after = policy.UNKNOWN_POLLS * self.config.poll_s
+            if decision.unknown_for_s >= lost_after and not self._powerwall_lost:
+                self._powerwall_lost = True
+                self._say(
+                    f"Powerwall unreadable for {decision.unknown_for_s:.0f} s: {reading.detail}",
+                    logging.WARNING,
+                    event=True,
+                )
+                self._emit_kind(EventKind.POWERWALL_LOST, reading.detail)
+            return
+        if self._powerwall_lost:
+            self._powerwall_lost = False
+            self._say("Powerwall readable again", event=True)
+            self._emit_kind(EventKind.POWERWALL_BACK)
+        if self._grid_since_wall is None or decision.changed is not None:
+            self._grid_since_wall = self.wall()
+        if decision.changed is Grid.OFF:
+            self._outage_since_wall = self.wall()
+            self._say(f"grid lost ({reading.raw}), battery {_pct(reading)}", event=True)
+            self._emit_kind(EventKind.OFF_GRID, reading.raw)
+        elif decision.changed is Grid.ON:
+            self._say(f"grid back ({reading.raw}), battery {_pct(reading)}", event=True)
+            self._emit_kind(EventKind.ON_GRID, reading.raw)
+        if reading.grid is Grid.OFF and self._outage_since_wall is None:
+            self._outage_since_wall = self._grid_since_wall
+        if reading.grid is Grid.ON and not self.memory.outage and not self.state.shed:
+            self._outage_since_wall = None
+
+    def _emit_kind(self, kind: EventKind, detail: str = "") -> None:
+        self._emit(
+            Event(kind, self.wall(), uuid.uuid4().hex[:12], self.reading.battery_pct, detail)
+        )
+
+    def _emit(self, event: Event) -> None:
+        if self._on_event is not None and not self.dry_run:
+            try:
+                self._on_event(event)
+            except Exception:
+                _LOG.exception("passing on an event failed")
+
+    def _set_state(self, state: State) -> None:
+        """Adopt state; write it soon (writes within one loop turn are one write)."""
+        self.state = state
+        if self.dry_run or self.store is None or self._save_pending:
+            return
+        self._save_pending = True
+        asyncio.get_running_loop().call_soon(self._flush)
+
+    def _flush(self) -> None:
+        if self._save_pending and self.store is not None and not self.dry_run:
+            try:
+                self.store.save(self.state)
+            except OSError as err:
+                _LOG.error("cannot write %s: %s", self.store.path, err)
+        self._save_pending = False
+
+    def _say(self, text: str, level: int = logging.INFO, *, event: bool = False) -> None:
+        (_EVENTS if event else _LOG).log(level, "%s", text)
+        self._recent = [*self._recent[-(RECENT_EVENTS - 1) :], f"{time.strftime('%H:%M')} {text}"]
+
+    def _publish(self) -> None:
+        now_mono, now_wall = self.clock(), self.wall()
+
+        def wall_of(mono: float | None) -> float | None:
+            return None if mono is None else now_wall + (mono - now_mono)
+
+        rows = [
+            DeviceRow(
+                name,
+                d.switch.kind,
+                d.switch.address,
+                d.rule,
+                d.power,
+                d.status,
+                d.detail,
+                d.watts,
+                self.state.shed[name].reason if name in self.state.shed else None,
+                d.busy,
+            )
+            for name, d in self.registry.devices.items()
+        ]
+        for p in self.registry.pending:
+            rows.append(
+                DeviceRow(p.host.address, Kind.KASA, p.host.address, 100, None, p.status, p.detail)
+            )
+        for name, entry in self.state.shed.items():
+            if name not in self.registry.devices:
+                rows.append(
+                    DeviceRow(
+                        name,
+                        entry.kind,
+                        entry.address,
+                        self.config.rule_for(name),
+                        None,
+                        Status.UNREACHABLE,
+                        "not reached yet",
+                        None,
+                        entry.reason,
+                    )
+                )
+        unknown_since = self.memory.unknown_since
+        self.snapshot = Snapshot(
+            taken_at=now_wall,
+            reading=self.reading,
+            devices=tuple(rows),
+            grid_since=self._grid_since_wall,
+            outage_since=self._outage_since_wall,
+            unknown_since=wall_of(unknown_since),
+            restore_at=wall_of(self._decision.restore_at),
+            shed_at=wall_of(self._decision.shed_at),
+            hold=self.memory.hold,
+            paused=self.memory.paused,
+            dry_run=self.dry_run,
+            events=tuple(self._recent),
+            started=self._started,
+        )
+        if self._on_snapshot is not None:
+            self._on_snapshot(self.snapshot)
+
+
+def _event_kind(verb: Verb, reason: str) -> EventKind:
+    if verb is Verb.SHED:
+        return EventKind.TIER_SHED if reason.startswith("battery") else EventKind.SHED_DONE
+    return EventKind.TIER_RESTORED if reason.startswith("battery") else EventKind.RESTORE_DONE
+
+
+def _would(dry_run: bool, verb: Verb) -> str:
+    doing = {Verb.SHED: "switching off", Verb.RESTORE: "switching on"}
+    would = {Verb.SHED: "would switch off", Verb.RESTORE: "would switch on"}
+    return (would if dry_run else doing)[verb]
+
+
+def _pct(reading: GridReading) -> str:
+    return "unknown" if reading.battery_pct is None else f"{reading.battery_pct:.0f} %"

@@ -1,0 +1,108 @@
+"""The monitor thread: one asyncio loop running the engine, bridged to other threads.
+
+Other threads (the curses UI, the signal handlers of plain mode) talk to it in exactly two
+ways: `send(Command)` puts a command on a `queue.Queue` and wakes the loop; `snapshot` reads
+the latest immutable `Snapshot`, replaced whole by the engine (no lock needed).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import queue
+import threading
+from collections.abc import Callable
+
+from loadshed.config import Config
+from loadshed.engine import Command, CommandKind, Engine, Snapshot
+from loadshed.model import Event, Grid, GridReading, Status
+from loadshed.state import StateStore
+
+_LOG = logging.getLogger(__name__)
+
+
+class Monitor:
+    """Runs an Engine on its own thread until told to quit."""
+
+    def __init__(
+        self,
+        config: Config,
+        store: StateStore | None,
+        *,
+        dry_run: bool = False,
+        on_event: Callable[[Event], None] | None = None,
+        on_snapshot: Callable[[Snapshot], None] | None = None,
+    ) -> None:
+        self.config = config
+        self.store = store
+        self.dry_run = dry_run
+        self.on_event = on_event
+        self.on_snapshot = on_snapshot
+        self.commands: queue.Queue[Command] = queue.Queue()
+        self.error: BaseException | None = None
+        self._engine: Engine | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._wake: asyncio.Event | None = None
+        self._started = threading.Event()
+        self._thread = threading.Thread(target=self._main, name="monitor")
+        self._initial = Snapshot(
+            taken_at=0.0,
+            reading=GridReading(Grid.UNKNOWN, detail="starting", status=Status.UNREACHABLE),
+            dry_run=dry_run,
+        )
+
+    @property
+    def snapshot(self) -> Snapshot:
+        engine = self._engine
+        return engine.snapshot if engine is not None else self._initial
+
+    def start(self) -> None:
+        self._thread.start()
+        self._started.wait()
+
+    def send(self, command: Command) -> None:
+        """Queue a command and wake the loop (from any thread)."""
+        self.commands.put(command)
+        loop, wake = self._loop, self._wake
+        if loop is not None and wake is not None:
+            loop.call_soon_threadsafe(wake.set)
+
+    def stop(self) -> None:
+        self.send(Command(CommandKind.QUIT))
+
+    def join(self, timeout_s: float | None = None) -> bool:
+        """Wait for the thread; True once it has ended."""
+        self._thread.join(timeout_s)
+        return not self._thread.is_alive()
+
+    def is_alive(self) -> bool:
+        return self._thread.is_alive()
+
+    def _main(self) -> None:
+        try:
+            asyncio.run(self._run())
+        except BaseException as err:
+            self.error = err
+            _LOG.critical("the monitor stopped: %s", err, exc_info=True)
+        finally:
+            self._started.set()
+
+    async def _run(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._wake = asyncio.Event()
+        if not self.commands.empty():
+            self._wake.set()
+        engine = Engine(
+            self.config,
+            self.store,
+            dry_run=self.dry_run,
+            on_event=self.on_event,
+            on_snapshot=self.on_snapshot,
+        )
+        self._engine = engine
+        self._started.set()
+        try:
+            await engine.start()
+            await engine.run(self.commands, self._wake)
+        finally:
+            await engine.close()

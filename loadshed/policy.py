@@ -1,0 +1,224 @@
+"""Decide what to shed and restore. Pure: no I/O, no clock, no globals.
+
+Everything arrives as arguments — the latest grid reading, the time, what the policy remembers,
+what is shed now and why, every device's rule and last known power — and a `Decision` comes back:
+the actions, each with its reason, and the new memory.
+
+Rule 1: never shed or restore while the grid is UNKNOWN; keep what is.
+Rule 2: an essential device (rule 0) is never switched off, not even when forced.
+Rule 3: off-grid for `outage_confirm_s` → shed every device whose rule is 100 ("shed at
+        outage"), and every device whose rule is 1-99 once the battery is below that %.
+Rule 4: during the same outage, a device shed for low battery comes back once the battery
+        climbs above its % + TIER_HYSTERESIS_PCT (solar).
+Rule 5: on-grid continuously for `restore_after_s` → restore everything loadshed shed. A
+        SystemTransitionToGrid reading is off-grid, so it (like any drop) restarts the clock.
+        UNKNOWN readings in between neither restart nor complete it.
+Rule 6: a device is switched off only when it was seen on (a device already off before the
+        outage is never recorded, so never switched on); a shed whose switch was not confirmed
+        is asked for again (the engine spaces the retries).
+Rule 7: forced shed sheds every non-essential device and holds them off — no automatic restore
+        — until a forced restore or the end of the next outage. Forced restore brings back
+        everything loadshed shed; during an outage it also pauses automatic shedding until the
+        grid is back.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
+from typing import Final
+
+from loadshed.model import Action, Grid, GridReading, Power, Verb
+
+ESSENTIAL: Final = 0
+AT_OUTAGE: Final = 100
+TIER_HYSTERESIS_PCT: Final = 10  # a tier device comes back only this far above its threshold
+UNKNOWN_POLLS: Final = 3  # unreadable this many polls in a row: tell the owner
+
+OFF_GRID: Final = "off-grid"
+FORCED: Final = "forced"
+
+
+@dataclass(frozen=True, slots=True)
+class Rules:
+    """The timings the policy needs from the config."""
+
+    poll_s: float = 2.0
+    outage_confirm_s: float = 0.0
+    restore_after_s: float = 60.0
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceView:
+    """What the policy knows of one device."""
+
+    name: str
+    shed_below: int  # 0 essential, 1-99 shed below that battery %, 100 shed at outage
+    power: Power | None  # last power read; None: never read
+
+
+@dataclass(frozen=True, slots=True)
+class ShedView:
+    """A device loadshed switched off (or began to): from the state store."""
+
+    reason: str
+    confirmed: bool = True  # the switch was seen to go off
+    tier: int | None = None  # shed for low battery at this %, so it may return during the outage
+
+
+@dataclass(frozen=True, slots=True)
+class Memory:
+    """What the policy carries from one call to the next. Start with `Memory()`.
+
+    `grid` and `since` are the last known grid state and when it began (the caller's clock);
+    `unknown_since` is when the Powerwall became unreadable. `hold` and `paused` come from
+    forced commands and outlive restarts (the engine persists them).
+    """
+
+    grid: Grid = Grid.UNKNOWN
+    since: float | None = None
+    unknown_since: float | None = None
+    outage: bool = False  # an outage was confirmed and the grid has not been back for long
+    hold: bool = False
+    paused: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    actions: tuple[Action, ...]
+    memory: Memory
+    restore_at: float | None = None  # when the pending grid-back restore is due
+    shed_at: float | None = None  # when the pending outage confirmation is due
+    unknown_for_s: float = 0.0  # how long the Powerwall has been unreadable
+    changed: Grid | None = None  # the grid changed to this (not on the first reading)
+
+
+def decide(
+    reading: GridReading,
+    now: float,
+    memory: Memory,
+    shed: Mapping[str, ShedView],
+    devices: Sequence[DeviceView],
+    rules: Rules,
+) -> Decision:
+    """Return the actions to take now, with reasons, and the memory to pass next time."""
+    if reading.grid is Grid.UNKNOWN:
+        unknown_since = memory.unknown_since if memory.unknown_since is not None else now
+        memory = replace(memory, unknown_since=unknown_since)
+        return Decision((), memory, unknown_for_s=now - unknown_since)
+
+    changed = None
+    if reading.grid is not memory.grid:
+        if memory.grid is not Grid.UNKNOWN:
+            changed = reading.grid
+        memory = replace(memory, grid=reading.grid, since=now, unknown_since=None)
+    else:
+        memory = replace(memory, unknown_since=None)
+    since = memory.since if memory.since is not None else now
+
+    if reading.grid is Grid.OFF:
+        return _off_grid(reading, now, since, memory, shed, devices, rules, changed)
+    return _on_grid(now, since, memory, shed, rules, changed)
+
+
+def _off_grid(
+    reading: GridReading,
+    now: float,
+    since: float,
+    memory: Memory,
+    shed: Mapping[str, ShedView],
+    devices: Sequence[DeviceView],
+    rules: Rules,
+    changed: Grid | None,
+) -> Decision:
+    confirm_at = since + rules.outage_confirm_s
+    if now < confirm_at:
+        return Decision((), memory, shed_at=confirm_at, changed=changed)
+    if not memory.outage:
+        # A confirmed outage ends any hold from a forced shed: its restore is the grid's.
+        memory = replace(memory, outage=True, hold=False)
+    if memory.paused:
+        return Decision((), memory, changed=changed)
+
+    battery = reading.battery_pct
+    actions: list[Action] = []
+    for device in devices:
+        rule = device.shed_below
+        entry = shed.get(device.name)
+        if rule <= ESSENTIAL:
+            continue
+        if rule >= AT_OUTAGE:
+            if _wants_switching_off(device, entry):
+                actions.append(Action(Verb.SHED, device.name, OFF_GRID))
+            continue
+        if battery is None:
+            continue  # a tier needs the charge; keep what is until it can be read
+        if battery < rule:
+            if _wants_switching_off(device, entry):
+                actions.append(
+                    Action(Verb.SHED, device.name, f"battery {battery:.0f} % < {rule} %")
+                )
+        elif entry is not None and entry.tier is not None:
+            back_above = entry.tier + TIER_HYSTERESIS_PCT
+            if battery > back_above:
+                reason = f"battery {battery:.0f} % > {back_above} %"
+                actions.append(Action(Verb.RESTORE, device.name, reason))
+    return Decision(tuple(actions), memory, changed=changed)
+
+
+def _wants_switching_off(device: DeviceView, entry: ShedView | None) -> bool:
+    """Rule 6: switch off what is seen on, and retry a switch not seen to go off."""
+    if device.power is Power.ON:
+        return True
+    return entry is not None and not entry.confirmed
+
+
+def _on_grid(
+    now: float,
+    since: float,
+    memory: Memory,
+    shed: Mapping[str, ShedView],
+    rules: Rules,
+    changed: Grid | None,
+) -> Decision:
+    memory = replace(memory, paused=False)
+    if not shed:
+        return Decision((), replace(memory, outage=False), changed=changed)
+    if memory.hold:
+        return Decision((), memory, changed=changed)
+    restore_at = since + rules.restore_after_s
+    if now < restore_at:
+        return Decision((), memory, restore_at=restore_at, changed=changed)
+    reason = f"grid back for {rules.restore_after_s:g} s"
+    actions = tuple(Action(Verb.RESTORE, name, reason) for name in sorted(shed))
+    return Decision(actions, replace(memory, outage=False), changed=changed)
+
+
+def force_shed(
+    memory: Memory,
+    shed: Mapping[str, ShedView],
+    devices: Sequence[DeviceView],
+    reason: str = FORCED,
+) -> Decision:
+    """Shed every non-essential device now, whatever the grid, and hold them off."""
+    actions = tuple(
+        Action(Verb.SHED, d.name, reason)
+        for d in devices
+        if d.shed_below > ESSENTIAL and _wants_switching_off(d, shed.get(d.name))
+    )
+    held = memory.grid is not Grid.OFF or not memory.outage
+    return Decision(actions, replace(memory, hold=held or memory.hold, paused=False))
+
+
+def force_restore(memory: Memory, shed: Mapping[str, ShedView], reason: str = FORCED) -> Decision:
+    """Bring back everything loadshed shed; during an outage, pause automatic shedding."""
+    actions = tuple(Action(Verb.RESTORE, name, reason) for name in sorted(shed))
+    paused = memory.grid is Grid.OFF and memory.outage
+    return Decision(actions, replace(memory, hold=False, paused=paused))
+
+
+def tier_of(reason: str, shed_below: int) -> int | None:
+    """The tier a shed belongs to: its % when shed for low battery, else None."""
+    return (
+        shed_below if ESSENTIAL < shed_below < AT_OUTAGE and reason.startswith("battery") else None
+    )

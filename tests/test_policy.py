@@ -1,0 +1,287 @@
+"""The policy, one rule per case, and property tests over random sequences of readings."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from loadshed.model import Action, Grid, GridReading, Power, Verb
+from loadshed.policy import (
+    DeviceView,
+    Memory,
+    Rules,
+    ShedView,
+    decide,
+    force_restore,
+    force_shed,
+    tier_of,
+)
+
+RULES = Rules(poll_s=2, outage_confirm_s=0, restore_after_s=60)
+DEVICES = (
+    DeviceView("Router", 0, Power.ON),
+    DeviceView("Heater", 100, Power.ON),
+    DeviceView("TV", 100, Power.ON),
+    DeviceView("Lamp", 100, Power.OFF),  # off before the outage
+    DeviceView("Freezer", 30, Power.ON),
+)
+
+
+def reading(grid: Grid, battery: float | None = 80.0, raw: str = "") -> GridReading:
+    return GridReading(grid, raw, battery)
+
+
+def names(actions: tuple[Action, ...], verb: Verb) -> set[str]:
+    return {a.device for a in actions if a.verb is verb}
+
+
+def on_grid_memory(since: float = 0.0) -> Memory:
+    return Memory(grid=Grid.ON, since=since)
+
+
+def test_outage_sheds_every_device_at_outage_rule_that_is_on() -> None:
+    decision = decide(reading(Grid.OFF), 10, on_grid_memory(), {}, DEVICES, RULES)
+    assert names(decision.actions, Verb.SHED) == {"Heater", "TV"}
+    assert {a.reason for a in decision.actions} == {"off-grid"}
+    assert decision.changed is Grid.OFF
+    assert decision.memory.outage
+
+
+def test_unknown_never_acts_and_counts_how_long() -> None:
+    memory = on_grid_memory()
+    shed = {"Heater": ShedView("off-grid")}
+    first = decide(reading(Grid.UNKNOWN, None), 100, memory, shed, DEVICES, RULES)
+    later = decide(reading(Grid.UNKNOWN, None), 107, first.memory, shed, DEVICES, RULES)
+    assert first.actions == later.actions == ()
+    assert later.unknown_for_s == 7
+    assert later.memory.grid is Grid.ON  # the last known grid is kept
+
+
+def test_first_reading_is_not_a_change() -> None:
+    decision = decide(reading(Grid.OFF), 0, Memory(), {}, DEVICES, RULES)
+    assert decision.changed is None
+    assert names(decision.actions, Verb.SHED) == {"Heater", "TV"}  # still acts on it
+
+
+def test_outage_waits_for_confirmation() -> None:
+    rules = Rules(outage_confirm_s=30)
+    first = decide(reading(Grid.OFF), 100, on_grid_memory(), {}, DEVICES, rules)
+    assert first.actions == () and first.shed_at == 130
+    early = decide(reading(Grid.OFF), 129, first.memory, {}, DEVICES, rules)
+    assert early.actions == ()
+    due = decide(reading(Grid.OFF), 130, early.memory, {}, DEVICES, rules)
+    assert names(due.actions, Verb.SHED) == {"Heater", "TV"}
+
+
+@pytest.mark.parametrize(
+    ("battery", "shed", "expected"),
+    [
+        pytest.param(31.0, {}, set(), id="above-tier-keeps"),
+        pytest.param(29.0, {}, {("shed", "Freezer")}, id="below-tier-sheds"),
+        pytest.param(
+            39.0,
+            {"Freezer": ShedView("battery 29 % < 30 %", tier=30)},
+            set(),
+            id="hysteresis-holds",
+        ),
+        pytest.param(
+            40.0,
+            {"Freezer": ShedView("battery 29 % < 30 %", tier=30)},
+            set(),
+            id="at-band-edge-holds",
+        ),
+        pytest.param(
+            41.0,
+            {"Freezer": ShedView("battery 29 % < 30 %", tier=30)},
+            {("restore", "Freezer")},
+            id="above-band-restores",
+        ),
+        pytest.param(None, {}, set(), id="no-battery-no-tier"),
+    ],
+)
+def test_battery_tier_with_hysteresis(
+    battery: float | None, shed: Mapping[str, ShedView], expected: set[tuple[str, str]]
+) -> None:
+    freezer = (DeviceView("Freezer", 30, Power.OFF if shed else Power.ON),)
+    memory = Memory(grid=Grid.OFF, since=0, outage=True)
+    decision = decide(reading(Grid.OFF, battery), 50, memory, shed, freezer, RULES)
+    assert {(a.verb.value, a.device) for a in decision.actions} == expected
+
+
+def test_tier_reason_names_battery_and_threshold() -> None:
+    memory = Memory(grid=Grid.OFF, since=0, outage=True)
+    (action,) = decide(reading(Grid.OFF, 28.4), 5, memory, {}, DEVICES[4:], RULES).actions
+    assert action.reason == "battery 28 % < 30 %"
+    assert tier_of(action.reason, 30) == 30
+    assert tier_of("off-grid", 100) is None
+
+
+def test_restore_waits_for_the_grid_to_be_back_long_enough() -> None:
+    shed = {"Heater": ShedView("off-grid"), "TV": ShedView("off-grid")}
+    memory = Memory(grid=Grid.OFF, since=0, outage=True)
+    back = decide(reading(Grid.ON), 100, memory, shed, DEVICES, RULES)
+    assert back.actions == () and back.restore_at == 160 and back.changed is Grid.ON
+    early = decide(reading(Grid.ON), 159, back.memory, shed, DEVICES, RULES)
+    assert early.actions == ()
+    due = decide(reading(Grid.ON), 160, early.memory, shed, DEVICES, RULES)
+    assert names(due.actions, Verb.RESTORE) == {"Heater", "TV"}
+    assert due.actions[0].reason == "grid back for 60 s"
+
+
+def test_transition_to_grid_and_flicker_restart_the_restore_clock() -> None:
+    shed = {"Heater": ShedView("off-grid")}
+    memory = Memory(grid=Grid.OFF, since=0, outage=True)
+    d = decide(reading(Grid.ON), 100, memory, shed, DEVICES, RULES)
+    d = decide(reading(Grid.OFF, raw="SystemTransitionToGrid"), 130, d.memory, shed, DEVICES, RULES)
+    d = decide(reading(Grid.ON), 140, d.memory, shed, DEVICES, RULES)
+    assert d.restore_at == 200
+    assert decide(reading(Grid.ON), 199, d.memory, shed, DEVICES, RULES).actions == ()
+
+
+def test_unknown_gap_neither_restarts_nor_completes_the_restore_clock() -> None:
+    shed = {"Heater": ShedView("off-grid")}
+    d = decide(
+        reading(Grid.ON), 100, Memory(grid=Grid.OFF, since=0, outage=True), shed, DEVICES, RULES
+    )
+    d = decide(reading(Grid.UNKNOWN, None), 170, d.memory, shed, DEVICES, RULES)
+    assert d.actions == ()
+    d = decide(reading(Grid.ON), 171, d.memory, shed, DEVICES, RULES)
+    assert names(d.actions, Verb.RESTORE) == {"Heater"}
+
+
+def test_unconfirmed_shed_is_asked_for_again_even_when_power_unknown() -> None:
+    devices = (DeviceView("Heater", 100, None),)
+    memory = Memory(grid=Grid.OFF, since=0, outage=True)
+    unconfirmed = {"Heater": ShedView("off-grid", confirmed=False)}
+    assert names(
+        decide(reading(Grid.OFF), 5, memory, unconfirmed, devices, RULES).actions, Verb.SHED
+    ) == {"Heater"}
+    confirmed = {"Heater": ShedView("off-grid")}
+    assert decide(reading(Grid.OFF), 5, memory, confirmed, devices, RULES).actions == ()
+
+
+def test_device_seen_on_again_during_the_outage_is_switched_off_again() -> None:
+    memory = Memory(grid=Grid.OFF, since=0, outage=True)
+    shed = {"Heater": ShedView("off-grid")}
+    devices = (DeviceView("Heater", 100, Power.ON),)
+    assert names(decide(reading(Grid.OFF), 5, memory, shed, devices, RULES).actions, Verb.SHED) == {
+        "Heater"
+    }
+
+
+def test_force_shed_spares_essentials_and_holds_until_forced_restore() -> None:
+    memory = on_grid_memory()
+    forced = force_shed(memory, {}, DEVICES)
+    assert names(forced.actions, Verb.SHED) == {"Heater", "TV", "Freezer"}
+    assert forced.memory.hold
+    shed = {n: ShedView("forced") for n in ("Heater", "TV", "Freezer")}
+    later = decide(reading(Grid.ON), 10_000, forced.memory, shed, DEVICES, RULES)
+    assert later.actions == ()
+    back = force_restore(later.memory, shed)
+    assert names(back.actions, Verb.RESTORE) == {"Heater", "TV", "Freezer"}
+    assert not back.memory.hold
+
+
+def test_forced_shed_hold_ends_with_the_next_outage() -> None:
+    shed = {"Heater": ShedView("forced")}
+    memory = force_shed(on_grid_memory(), {}, DEVICES).memory
+    d = decide(reading(Grid.OFF), 10, memory, shed, DEVICES, RULES)
+    assert not d.memory.hold
+    d = decide(reading(Grid.ON), 20, d.memory, shed, DEVICES, RULES)
+    d = decide(reading(Grid.ON), 80, d.memory, shed, DEVICES, RULES)
+    assert names(d.actions, Verb.RESTORE) == {"Heater"}
+
+
+def test_forced_restore_during_an_outage_pauses_shedding_until_the_grid_returns() -> None:
+    memory = Memory(grid=Grid.OFF, since=0, outage=True)
+    shed = {"Heater": ShedView("off-grid"), "TV": ShedView("off-grid")}
+    restored = force_restore(memory, shed)
+    assert names(restored.actions, Verb.RESTORE) == {"Heater", "TV"}
+    assert restored.memory.paused
+    assert decide(reading(Grid.OFF), 50, restored.memory, {}, DEVICES, RULES).actions == ()
+    d = decide(reading(Grid.ON), 60, restored.memory, {}, DEVICES, RULES)
+    assert not d.memory.paused
+    d = decide(reading(Grid.OFF), 70, d.memory, {}, DEVICES, RULES)
+    assert names(d.actions, Verb.SHED) == {"Heater", "TV"}
+
+
+# --- properties --------------------------------------------------------------------------------
+
+STEP = st.tuples(
+    st.sampled_from([Grid.ON, Grid.OFF, Grid.UNKNOWN]),
+    st.one_of(st.none(), st.floats(0, 100)),
+    st.floats(0.5, 40),  # seconds since the previous reading
+)
+RULE_SETS = st.lists(st.sampled_from([0, 100, 20, 50, 90]), min_size=1, max_size=6)
+
+
+def simulate(
+    steps: list[tuple[Grid, float | None, float]],
+    rules_pct: list[int],
+    powers: list[bool],
+    rules: Rules,
+) -> None:
+    """Run the policy with a perfect shedder and check the invariants at every step."""
+    devices = {
+        f"d{i}": (pct, Power.ON if on else Power.OFF)
+        for i, (pct, on) in enumerate(zip(rules_pct, powers))
+    }
+    was_off_before = {n for n, (_, p) in devices.items() if p is Power.OFF}
+    shed: dict[str, ShedView] = {}
+    memory, now = Memory(), 0.0
+    last_off_at: float | None = None
+    on_streak_from: float | None = None
+    # Then a stable grid: one reading to start the streak, one after the full delay.
+    tail = [(Grid.ON, 50.0, rules.poll_s), (Grid.ON, 50.0, rules.restore_after_s + rules.poll_s)]
+    all_steps = [*steps, *tail]
+    for grid, battery, dt in all_steps:
+        now += dt
+        if grid is Grid.OFF:
+            last_off_at, on_streak_from = now, None
+        elif grid is Grid.ON and on_streak_from is None:
+            on_streak_from = now
+        views = [DeviceView(n, pct, p) for n, (pct, p) in devices.items()]
+        decision = decide(GridReading(grid, "", battery), now, memory, shed, views, rules)
+        memory = decision.memory
+        if grid is Grid.UNKNOWN:
+            assert decision.actions == ()
+        for action in decision.actions:
+            pct, power = devices[action.device]
+            if action.verb is Verb.SHED:
+                assert pct != 0, "an essential device was shed"
+                assert power is Power.ON or action.device in shed
+                devices[action.device] = (pct, Power.OFF)
+                shed[action.device] = ShedView(action.reason, tier=tier_of(action.reason, pct))
+            else:
+                assert action.device in shed, "restored a device loadshed did not shed"
+                assert action.device not in was_off_before or power is Power.OFF
+                if action.reason.startswith("grid back"):
+                    assert grid is Grid.ON and on_streak_from is not None
+                    assert now - on_streak_from >= rules.restore_after_s
+                devices[action.device] = (pct, Power.ON)
+                del shed[action.device]
+    assert shed == {}, "something shed was never restored once the grid was stable"
+    for name in was_off_before:
+        assert devices[name][1] is Power.OFF, "a device off before was switched on"
+    del last_off_at
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    steps=st.lists(STEP, max_size=40),
+    rules_pct=RULE_SETS,
+    powers=st.lists(st.booleans(), min_size=6, max_size=6),
+    confirm=st.sampled_from([0.0, 5.0, 30.0]),
+    restore=st.sampled_from([0.0, 10.0, 60.0]),
+)
+def test_invariants_hold_over_random_readings(
+    steps: list[tuple[Grid, float | None, float]],
+    rules_pct: list[int],
+    powers: list[bool],
+    confirm: float,
+    restore: float,
+) -> None:
+    simulate(steps, rules_pct, powers[: len(rules_pct)], Rules(2.0, confirm, restore))
