@@ -169,6 +169,13 @@ class Engine:
         self.memory = replace(self.memory, hold=self.state.hold, paused=self.state.paused)
         _, self.reading = await asyncio.gather(self._connect_and_read_all(), self.grid.read())
         self._started = True
+        devices = self.registry.devices.values()
+        essential = sum(d.rule <= policy.ESSENTIAL for d in devices)
+        grid = self.reading.grid.value if self.reading.status is Status.OK else self.reading.detail
+        self._say(
+            f"ready: {len(devices)} devices ({essential} essential), {grid}, "
+            f"battery {_pct(self.reading)}"
+        )
         self._publish()
 
     async def _connect_and_read_all(self) -> None:

@@ -227,12 +227,11 @@ def simulate(
     """Run the policy with a perfect shedder and check the invariants at every step."""
     devices = {
         f"d{i}": (pct, Power.ON if on else Power.OFF)
-        for i, (pct, on) in enumerate(zip(rules_pct, powers))
+        for i, (pct, on) in enumerate(zip(rules_pct, powers, strict=True))
     }
     was_off_before = {n for n, (_, p) in devices.items() if p is Power.OFF}
     shed: dict[str, ShedView] = {}
     memory, now = Memory(), 0.0
-    last_off_at: float | None = None
     on_streak_from: float | None = None
     # Then a stable grid: one reading to start the streak, one after the full delay.
     tail = [(Grid.ON, 50.0, rules.poll_s), (Grid.ON, 50.0, rules.restore_after_s + rules.poll_s)]
@@ -240,7 +239,7 @@ def simulate(
     for grid, battery, dt in all_steps:
         now += dt
         if grid is Grid.OFF:
-            last_off_at, on_streak_from = now, None
+            on_streak_from = None
         elif grid is Grid.ON and on_streak_from is None:
             on_streak_from = now
         views = [DeviceView(n, pct, p) for n, (pct, p) in devices.items()]
@@ -266,7 +265,6 @@ def simulate(
     assert shed == {}, "something shed was never restored once the grid was stable"
     for name in was_off_before:
         assert devices[name][1] is Power.OFF, "a device off before was switched on"
-    del last_off_at
 
 
 @settings(max_examples=300, deadline=None)

@@ -197,6 +197,15 @@ class SimHouse:
 
         self._call(_set)
 
+    def set_battery(self, pct: float) -> None:
+        """Set the battery's charge, as if it had drained (or filled) to pct."""
+
+        def _set() -> None:
+            self.site.battery_pct = pct
+            self.energy.advance(0)
+
+        self._call(_set)
+
     def set_solar(self, watts: float | None) -> None:
         """Fix the solar output in W; None follows the time of day again."""
 

@@ -1,0 +1,233 @@
+"""`loadshed run --no-ui` as a subprocess against the simulated house: shed, restore, survive."""
+
+from __future__ import annotations
+
+import json
+import signal
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from loadshed.sim.base import Fault
+from loadshed.sim.house import SimHouse
+from tests.e2e.conftest import ESSENTIAL, RESTORE_S, SHEDDABLE, TIERS, Loadshed, wait_until
+
+pytestmark = pytest.mark.timeout(120)
+
+Start = Callable[..., Loadshed]
+
+
+def all_off(house: SimHouse, names: tuple[str, ...]) -> Callable[[], bool]:
+    return lambda: not any(house.is_on(n) for n in names)
+
+
+def all_on(house: SimHouse, names: tuple[str, ...]) -> Callable[[], bool]:
+    return lambda: all(house.is_on(n) for n in names)
+
+
+def state(tmp_path: Path) -> dict[str, object]:
+    doc: dict[str, object] = json.loads((tmp_path / "state" / "state.json").read_text())
+    return doc
+
+
+def test_outage_sheds_then_grid_back_restores_exactly_what_was_shed(
+    house: SimHouse, start: Start, tmp_path: Path
+) -> None:
+    daemon = start()
+    daemon.wait_for_line("ready: 9 devices (2 essential), on grid")
+    house.cut_grid()
+    wait_until("every sheddable plug off", all_off(house, SHEDDABLE))
+    assert all_on(house, ESSENTIAL + TIERS)()  # essentials and tiers above their % untouched
+    assert not house.is_on("Desk lamp")  # it was off before
+    shed = state(tmp_path)["shed"]
+    assert isinstance(shed, dict)
+    wait_until(
+        "every shed confirmed in state.json",
+        lambda: all(
+            e["confirmed"]
+            for e in state(tmp_path)["shed"].values()  # type: ignore[union-attr]
+        ),
+    )
+    assert set(shed) == set(SHEDDABLE)  # strip outlets one by one; the lamp never recorded
+    daemon.wait_for_line("shed finished: 4 done")
+
+    house.restore_grid()
+    wait_until("every shed plug back on", all_on(house, SHEDDABLE))
+    assert not house.is_on("Desk lamp"), "a plug off before the outage was switched on"
+    wait_until("state.json empty", lambda: state(tmp_path)["shed"] == {})
+    daemon.wait_for_line("restore finished: 4 done")
+    assert daemon.stop() == 0
+    events = (tmp_path / "state" / "events.log").read_text()
+    assert "grid lost (SystemIslandedActive)" in events and "grid back" in events
+    assert "Space heater: off" in events and "Space heater: on" in events
+    assert house.password not in daemon.output + events
+
+
+def test_flicker_shorter_than_the_restore_delay_restores_nothing(
+    house: SimHouse, start: Start
+) -> None:
+    daemon = start()
+    daemon.wait_for_line("ready:")
+    house.cut_grid()
+    wait_until("shed", all_off(house, SHEDDABLE))
+    house.restore_grid()
+    daemon.wait_for_line("grid back")
+    house.cut_grid()  # before RESTORE_AFTER_SECONDS has passed
+    daemon.wait_for_line("grid lost", timeout_s=5)
+    wait_until("a second 'grid lost'", lambda: daemon.count("grid lost") == 2)
+    house.restore_grid()
+    wait_until("a second 'grid back'", lambda: daemon.count("grid back") == 2)
+    assert not daemon.saw("switching on"), "restored before the grid was back long enough"
+    assert all_off(house, SHEDDABLE)()
+    wait_until("restored after a stable grid", all_on(house, SHEDDABLE), RESTORE_S + 10)
+
+
+@pytest.mark.parametrize("fault", [Fault.DOWN, Fault.HUNG])
+def test_powerwall_down_or_hung_switches_nothing_and_keeps_running(
+    house: SimHouse, start: Start, fault: Fault
+) -> None:
+    daemon = start()
+    daemon.wait_for_line("ready:")
+    house.set_fault("Powerwall", fault)
+    house.cut_grid()  # the house is off-grid, but loadshed cannot know it
+    daemon.wait_for_line("Powerwall unreadable")
+    assert all_on(house, SHEDDABLE)(), "switched on an unknown grid"
+    assert daemon.process.poll() is None
+    house.set_fault("Powerwall", Fault.NONE)
+    daemon.wait_for_line("Powerwall readable again")
+    wait_until("shed once readable", all_off(house, SHEDDABLE))
+
+
+def test_hung_kasa_and_dead_tuya_delay_nobody_else(house: SimHouse, start: Start) -> None:
+    daemon = start()
+    daemon.wait_for_line("ready:")
+    house.set_fault("TV", Fault.HUNG)  # the KLAP plug
+    house.set_fault("Space heater", Fault.DOWN)  # a Tuya plug
+    house.cut_grid()
+    wait_until("the healthy plugs off", all_off(house, ("Monitor", "Printer")))
+    daemon.wait_for_line("TV: could not switch off")
+    daemon.wait_for_line("Space heater: could not switch off")
+    assert house.is_on("TV") and house.is_on("Space heater")
+    house.set_fault("TV", Fault.NONE)
+    house.set_fault("Space heater", Fault.NONE)
+    wait_until("the failed plugs retried and off", all_off(house, ("TV", "Space heater")), 90)
+
+
+def test_kill_9_mid_outage_then_restart_restores_exactly(
+    house: SimHouse, start: Start, tmp_path: Path
+) -> None:
+    daemon = start()
+    daemon.wait_for_line("ready:")
+    house.cut_grid()
+    wait_until("shed", all_off(house, SHEDDABLE))
+    wait_until(
+        "confirmed",
+        lambda: all(
+            e["confirmed"]
+            for e in state(tmp_path)["shed"].values()  # type: ignore[union-attr]
+        ),
+    )
+    daemon.stop(signal.SIGKILL)
+    house.restore_grid()
+    again = start()
+    again.wait_for_line("loadshed had switched off Monitor, Printer, Space heater, TV")
+    wait_until("restored after restart", all_on(house, SHEDDABLE))
+    assert not house.is_on("Desk lamp")
+    wait_until("state emptied", lambda: state(tmp_path)["shed"] == {})
+
+
+def polls_pass(house: SimHouse, count: int) -> None:
+    """Wait until loadshed has read the grid status count more times (a witness for 'nothing')."""
+    requests = house.powerwall.requests
+    seen = requests["system_status/grid_status"]
+    wait_until(f"{count} more polls", lambda: requests["system_status/grid_status"] >= seen + count)
+
+
+def test_battery_tiers_shed_and_come_back_with_hysteresis(house: SimHouse, start: Start) -> None:
+    daemon = start()
+    daemon.wait_for_line("ready:")
+    house.cut_grid()
+    wait_until("shed at outage", all_off(house, SHEDDABLE))
+    assert house.is_on("Dehumidifier") and house.is_on("Freezer")
+    house.set_battery(45)
+    wait_until("Dehumidifier shed below 50 %", lambda: not house.is_on("Dehumidifier"))
+    daemon.wait_for_line("switching off Dehumidifier (battery 45 % < 50 %)")
+    assert house.is_on("Freezer")
+    house.set_battery(29)
+    wait_until("Freezer shed below 30 %", lambda: not house.is_on("Freezer"))
+    house.set_battery(41)  # above 30 + 10: the Freezer comes back, the outage goes on
+    wait_until("Freezer back above 40 %", lambda: house.is_on("Freezer"))
+    daemon.wait_for_line("switching on Freezer (battery 41 % > 40 %)")
+    house.set_battery(55)  # above 50 but not above 60: the Dehumidifier stays off
+    polls_pass(house, 3)
+    assert not house.is_on("Dehumidifier")
+    house.set_battery(61)
+    wait_until("Dehumidifier back above 60 %", lambda: house.is_on("Dehumidifier"))
+    assert all_off(house, SHEDDABLE)()  # the outage goes on for the others
+
+
+def test_dry_run_switches_nothing_and_writes_no_state(
+    house: SimHouse, start: Start, tmp_path: Path
+) -> None:
+    daemon = start("--dry-run")
+    daemon.wait_for_line("ready:")
+    house.cut_grid()
+    daemon.wait_for_line("would switch off Space heater (off-grid)")
+    assert all_on(house, SHEDDABLE)()
+    assert not (tmp_path / "state").exists()
+    assert daemon.stop() == 0
+
+
+def test_shed_and_restore_one_shot(house: SimHouse, start: Start) -> None:
+    shed = start(verb="shed")
+    assert shed.process.wait(60) == 0, shed.output
+    assert all_off(house, (*SHEDDABLE, *TIERS))()
+    assert all_on(house, ESSENTIAL)()
+    assert "Router: essential, left on" in shed.output
+    assert "Desk lamp: already off" in shed.output
+    restore = start(verb="restore")
+    assert restore.process.wait(60) == 0, restore.output
+    assert all_on(house, (*SHEDDABLE, *TIERS))()
+    assert not house.is_on("Desk lamp")
+    assert "Space heater: on" in restore.output
+
+
+def test_shed_with_a_dead_plug_is_exit_1_naming_it(house: SimHouse, start: Start) -> None:
+    house.set_fault("Space heater", Fault.DOWN)
+    shed = start(verb="shed")
+    assert shed.process.wait(60) == 1
+    assert "Space heater: unreachable: connection refused" in shed.output
+
+
+def test_a_second_loadshed_on_the_same_state_dir_is_refused(start: Start) -> None:
+    first = start()
+    first.wait_for_line("ready:")
+    second = start()
+    assert second.process.wait(30) == 1
+    assert "another loadshed is running" in second.output
+
+
+def test_corrupt_state_is_kept_aside_and_reported(start: Start, tmp_path: Path) -> None:
+    state_dir = tmp_path / "state"
+    state_dir.mkdir(mode=0o700)
+    (state_dir / "state.json").write_text("{not json")
+    daemon = start()
+    daemon.wait_for_line("could not be read")
+    assert [p.name.startswith("state.json.corrupt-") for p in state_dir.iterdir()].count(True) == 1
+    daemon.wait_for_line("ready:")
+
+
+def test_sigterm_stops_cleanly_and_the_state_dir_is_private(
+    start: Start, tmp_path: Path, house: SimHouse
+) -> None:
+    daemon = start()
+    daemon.wait_for_line("ready:")
+    house.cut_grid()
+    wait_until("shed", all_off(house, SHEDDABLE))
+    assert daemon.stop(signal.SIGINT) == 0
+    state_dir = tmp_path / "state"
+    assert state_dir.stat().st_mode & 0o777 == 0o700
+    assert (state_dir / "state.json").stat().st_mode & 0o777 == 0o600
+    assert set(json.loads((state_dir / "state.json").read_text())["shed"]) == set(SHEDDABLE)
+    assert sorted(p.name for p in state_dir.iterdir()) == ["events.log", "state.json"]
