@@ -14,14 +14,11 @@ from typing import Final
 
 from loadshed.computers import Computer
 from loadshed.config import Config, describe_rule
-from loadshed.drivers import Switch
-from loadshed.drivers.kasa import KasaHost
+from loadshed.devices import DEVICE_TIMEOUT_S, Device, Registry
 from loadshed.drivers.powerwall import PowerwallSource
 from loadshed.drivers.reach import probe_port
-from loadshed.drivers.tuya import TuyaPlug, tuya_executor
 from loadshed.model import Grid, GridReading, Kind, Outcome, Power, Status
 
-DEVICE_TIMEOUT_S: Final = 3.0  # one plug's answer; a hung plug is reported, not waited on
 POWERWALL_TIMEOUT_S: Final = 5.0  # the gateway is slower than a plug, and matters more
 HEADERS: Final = ("name", "kind", "address", "reachable", "state", "rule")
 
@@ -54,31 +51,7 @@ class Report:
 
 async def run_check(config: Config, computers: Sequence[Computer]) -> Report:
     """Reach everything once, concurrently; return one row per device."""
-    kasa_hosts = [
-        KasaHost(
-            h.host,
-            h.port,
-            username=config.kasa_username,
-            password=config.kasa_password,
-            timeout_s=DEVICE_TIMEOUT_S,
-        )
-        for h in config.kasa_hosts
-    ]
-    executor = tuya_executor(len(config.tuya_devices))
-    tuya = [
-        TuyaPlug(
-            d.name,
-            d.id,
-            d.ip,
-            d.key,
-            d.version,
-            port=d.port,
-            dps=d.dps,
-            timeout_s=DEVICE_TIMEOUT_S,
-            executor=executor,
-        )
-        for d in config.tuya_devices
-    ]
+    registry = Registry(config, timeout_s=DEVICE_TIMEOUT_S)
     powerwall = PowerwallSource(
         str(config.powerwall),
         config.powerwall_password,
@@ -86,19 +59,36 @@ async def run_check(config: Config, computers: Sequence[Computer]) -> Report:
         timeout_s=POWERWALL_TIMEOUT_S,
     )
     try:
-        grid_row, kasa_rows, tuya_rows, computer_rows = await asyncio.gather(
+        grid_row, _, computer_rows = await asyncio.gather(
             _powerwall_row(powerwall, str(config.powerwall)),
-            asyncio.gather(*(_kasa_rows(h, config) for h in kasa_hosts)),
-            asyncio.gather(*(_switch_row(p, config) for p in tuya)),
+            _reach_devices(registry),
             asyncio.gather(*(_computer_row(c, config) for c in computers)),
         )
     finally:
-        await asyncio.gather(
-            powerwall.close(), *(h.close() for h in kasa_hosts), *(p.close() for p in tuya)
-        )
-        executor.shutdown(wait=False, cancel_futures=True)
-    rows = (grid_row, *(r for rs in kasa_rows for r in rs), *tuya_rows, *computer_rows)
-    return Report(rows, (*config.warnings, *_name_warnings(rows, config, computers)))
+        await asyncio.gather(powerwall.close(), registry.close())
+    rows = (
+        grid_row,
+        *(_switch_row(d) for d in registry.devices.values()),
+        *(
+            Row(
+                p.host.address,
+                Kind.KASA,
+                p.host.address,
+                Outcome(p.status, detail=p.detail),
+                "",
+                "",
+            )
+            for p in registry.pending
+        ),
+        *computer_rows,
+    )
+    warnings = (*config.warnings, *registry.renamed, *_name_warnings(rows, config, computers))
+    return Report(rows, warnings)
+
+
+async def _reach_devices(registry: Registry) -> None:
+    await registry.connect_pending()
+    await registry.read(list(registry.devices))
 
 
 async def _powerwall_row(source: PowerwallSource, address: str) -> Row:
@@ -125,20 +115,13 @@ def _grid_state(reading: GridReading) -> str:
     return ", ".join(parts)
 
 
-async def _kasa_rows(host: KasaHost, config: Config) -> list[Row]:
-    outcome = await host.connect()
-    if not outcome.is_ok:
-        return [Row(host.address, Kind.KASA, host.address, outcome, "", "")]
-    return list(await asyncio.gather(*(_switch_row(s, config) for s in host.switches)))
-
-
-async def _switch_row(switch: Switch, config: Config) -> Row:
-    outcome = await switch.read()
-    state = outcome.power.value if outcome.power is not None else ""
-    if outcome.watts is not None and outcome.power is Power.ON:
-        state += f", {outcome.watts:.0f} W"
-    rule = describe_rule(config.rule_for(switch.name))
-    return Row(switch.name, switch.kind, switch.address, outcome, state, rule)
+def _switch_row(device: Device) -> Row:
+    outcome = Outcome(device.status or Status.UNREACHABLE, device.power, device.detail)
+    state = device.power.value if device.power is not None and outcome.is_ok else ""
+    if device.watts is not None and device.power is Power.ON:
+        state += f", {device.watts:.0f} W"
+    switch = device.switch
+    return Row(switch.name, switch.kind, switch.address, outcome, state, describe_rule(device.rule))
 
 
 async def _computer_row(computer: Computer, config: Config) -> Row:
@@ -151,21 +134,16 @@ async def _computer_row(computer: Computer, config: Config) -> Row:
 
 
 def _name_warnings(rows: Sequence[Row], config: Config, computers: Sequence[Computer]) -> list[str]:
-    """Warn about names the owner will trip over: duplicates, and rules that name nothing."""
-    names = [r.name for r in rows if r.kind is not Kind.POWERWALL and r.outcome.is_ok]
-    warnings = [
-        f"two devices are named {name!r}: SHED_BELOW and the screen cannot tell them apart; "
-        "rename one in its app or with name="
-        for name in sorted({n for n in names if names.count(n) > 1})
-    ]
-    everything_answered = all(r.reachable for r in rows if r.kind is Kind.KASA)
-    known = set(names) | {c.name for c in computers}
+    """Warn about SHED_BELOW names that match no device (a typo must not go unnoticed)."""
+    if not all(r.reachable for r in rows if r.kind in (Kind.KASA, Kind.TUYA)):
+        return []  # a device that did not answer may be the one named
+    known = {r.name for r in rows if r.kind is not Kind.POWERWALL} | {c.name for c in computers}
+    warnings = []
     for name in config.shed_below:
-        if name in known or not everything_answered:
-            continue
-        close = difflib.get_close_matches(name, known, n=1)
-        hint = f" — did you mean {close[0]!r}?" if close else ""
-        warnings.append(f"SHED_BELOW names {name!r}, but no device is called that{hint}")
+        if name not in known:
+            close = difflib.get_close_matches(name, known, n=1)
+            hint = f" — did you mean {close[0]!r}?" if close else ""
+            warnings.append(f"SHED_BELOW names {name!r}, but no device is called that{hint}")
     return warnings
 
 

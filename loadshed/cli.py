@@ -12,7 +12,6 @@ import asyncio
 import logging
 import os
 import sys
-import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TextIO
@@ -59,9 +58,12 @@ def _parser() -> argparse.ArgumentParser:
     _add_engine_args(restore)
 
     demo = verbs.add_parser(
-        "demo", help="start a simulated house on 127.0.0.1 and check it: no hardware, no config"
+        "demo", help="a scripted outage in a simulated house on 127.0.0.1: no hardware, no config"
     )
-    demo.add_argument("--speed", type=float, default=1.0, help="simulated clock speed (1)")
+    demo.add_argument(
+        "--speed", type=float, default=1000.0, help="the house's clock runs N x real time (1000)"
+    )
+    demo.add_argument("--no-ui", action="store_true", help="plain lines on stdout")
     return parser
 
 
@@ -97,6 +99,9 @@ def main(
             args = _parser().parse_args(argv)
         except SystemExit as done:  # --help and --version
             return int(done.code or 0)
+        if args.verb == "demo":
+            configure_logging(out, debug=args.debug, level=logging.INFO, fmt=PLAIN_FORMAT)
+            return _demo(args, env, out, err)
         if args.verb in ("run", "shed", "restore"):
             from loadshed import daemon
 
@@ -109,8 +114,6 @@ def main(
         configure_logging(err, debug=args.debug, level=logging.ERROR)
         if args.verb == "check":
             return _check(args, env, out, err)
-        if args.verb == "demo":
-            return _demo(args, env, out, err)
         raise ConfigError(None, None, f"unknown verb {args.verb!r}")
     except ConfigError as error:
         print(f"loadshed: {error}", file=err)
@@ -154,27 +157,8 @@ def _check(args: argparse.Namespace, env: Mapping[str, str], out: TextIO, err: T
 
 
 def _demo(args: argparse.Namespace, env: Mapping[str, str], out: TextIO, err: TextIO) -> int:
-    from loadshed.check import format_table, run_check
-    from loadshed.config import load_config
-    from loadshed.sim.house import SimHouse
+    from loadshed.demo import run_demo
 
     if args.speed <= 0:
-        raise ConfigError(None, None, f"--speed {args.speed:g}", "give a speed above 0, like 60")
-    with (
-        tempfile.TemporaryDirectory(prefix="loadshed-demo-") as tmp,
-        SimHouse(speed=args.speed) as house,
-    ):
-        config_path = Path(tmp) / "config.py"
-        house.write_config(config_path)
-        print(f"A simulated house is running on 127.0.0.1 ({house.summary()}).", file=out)
-        print(f"Its config: {config_path}\n", file=out)
-        report = asyncio.run(run_check(load_config(config_path, {}), ()))
-        print(format_table(report.rows), file=out)
-        print(
-            "\nThat was `loadshed check` against the simulation: the Powerwall over HTTPS, Kasa "
-            "plugs over\ntheir TCP and KLAP protocols, Tuya plugs over protocol 3.3 and 3.4.\n"
-            "For your own house: cp config.example.py config.py, fill it in "
-            "(chmod 600 config.py),\nthen run: loadshed check",
-            file=out,
-        )
-        return ExitCode.OK if report.all_reachable else ExitCode.FAILURE
+        raise ConfigError(None, None, f"--speed {args.speed:g}", "give a speed above 0, like 600")
+    return run_demo(out, args.speed)

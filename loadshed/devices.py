@@ -69,6 +69,7 @@ class Registry:
         self.config = config
         self.timeout_s = timeout_s
         self.devices: dict[str, Device] = {}
+        self.renamed: list[str] = []  # warnings: two devices had one name
         self.pending: list[Placeholder] = [
             Placeholder(
                 KasaHost(
@@ -106,6 +107,11 @@ class Registry:
                 self.devices[name].switch.address,
                 switch.address,
                 f"{name} @ {switch.address}",
+            )
+            self.renamed.append(
+                f"two devices are named {name!r}: SHED_BELOW and the screen cannot tell them "
+                f"apart; the one at {switch.address} is shown as '{name} @ {switch.address}' — "
+                "rename one in its app"
             )
             name = f"{name} @ {switch.address}"
             switch.name = name

@@ -24,7 +24,8 @@ Rule 7: forced shed sheds every non-essential device and holds them off — no a
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import math
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Final
 
@@ -156,12 +157,14 @@ def _off_grid(
         if battery < rule:
             if _wants_switching_off(device, entry):
                 actions.append(
-                    Action(Verb.SHED, device.name, f"battery {battery:.0f} % < {rule} %")
+                    Action(
+                        Verb.SHED, device.name, f"battery {_pct(battery, math.floor)} % < {rule} %"
+                    )
                 )
         elif entry is not None and entry.tier is not None:
             back_above = entry.tier + TIER_HYSTERESIS_PCT
             if battery > back_above:
-                reason = f"battery {battery:.0f} % > {back_above} %"
+                reason = f"battery {_pct(battery, math.ceil)} % > {back_above} %"
                 actions.append(Action(Verb.RESTORE, device.name, reason))
     return Decision(tuple(actions), memory, changed=changed)
 
@@ -215,6 +218,11 @@ def force_restore(memory: Memory, shed: Mapping[str, ShedView], reason: str = FO
     actions = tuple(Action(Verb.RESTORE, name, reason) for name in sorted(shed))
     paused = memory.grid is Grid.OFF and memory.outage
     return Decision(actions, replace(memory, hold=False, paused=paused))
+
+
+def _pct(battery: float, towards: Callable[[float], int]) -> str:
+    """A battery % for a reason, to one decimal rounded away from the threshold, never "30 < 30"."""
+    return f"{towards(battery * 10) / 10:g}"
 
 
 def tier_of(reason: str, shed_below: int) -> int | None:

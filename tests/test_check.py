@@ -204,10 +204,11 @@ def test_check_with_everything_down_is_exit_1_not_a_crash(tmp_path: Path) -> Non
     assert "Traceback" not in result.err
 
 
-def test_demo_checks_the_simulated_house(tmp_path: Path) -> None:
-    result = run_loadshed("demo", cwd=tmp_path)
-    assert result.code == 0, result.out + result.err
-    assert "A simulated house is running on 127.0.0.1" in result.out
-    powerwall = next(line for line in result.out.splitlines() if line.startswith("Powerwall "))
-    assert powerwall.split()[3:5] == ["yes", "on"]
-    assert "loadshed check" in result.out
+def test_a_shed_below_name_that_matches_nothing_is_a_warning(config: Path, tmp_path: Path) -> None:
+    config.write_text(config.read_text() + 'SHED_BELOW = {"Freezr": 30, "Router": 0}\n')
+    result = run_loadshed("check", "--config", str(config), cwd=tmp_path)
+    assert result.code == 0
+    assert (
+        "warning: SHED_BELOW names 'Freezr', but no device is called that — did you mean 'Freezer'?"
+        in result.out
+    )

@@ -113,7 +113,9 @@ def test_battery_tier_with_hysteresis(
 
 def test_tier_reason_names_battery_and_threshold() -> None:
     memory = Memory(grid=Grid.OFF, since=0, outage=True)
-    (action,) = decide(reading(Grid.OFF, 28.4), 5, memory, {}, DEVICES[4:], RULES).actions
+    (action,) = decide(reading(Grid.OFF, 29.96), 5, memory, {}, DEVICES[4:], RULES).actions
+    assert action.reason == "battery 29.9 % < 30 %"  # never "30 % < 30 %"
+    (action,) = decide(reading(Grid.OFF, 28.0), 5, memory, {}, DEVICES[4:], RULES).actions
     assert action.reason == "battery 28 % < 30 %"
     assert tier_of(action.reason, 30) == 30
     assert tier_of("off-grid", 100) is None
