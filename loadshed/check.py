@@ -10,13 +10,14 @@ import asyncio
 import difflib
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Final
 
 from loadshed.computers import Computer
 from loadshed.config import Config, describe_rule
-from loadshed.devices import DEVICE_TIMEOUT_S, Device, Registry
+from loadshed.devices import DEVICE_TIMEOUT_S, PLUG_KINDS, Device, Registry
+from loadshed.drivers.computer import ComputerSwitch
 from loadshed.drivers.powerwall import PowerwallSource
-from loadshed.drivers.reach import probe_port
 from loadshed.model import Grid, GridReading, Kind, Outcome, Power, Status
 
 POWERWALL_TIMEOUT_S: Final = 5.0  # the gateway is slower than a plug, and matters more
@@ -49,9 +50,18 @@ class Report:
         return all(r.reachable and r.outcome.is_ok for r in self.rows)
 
 
-async def run_check(config: Config, computers: Sequence[Computer]) -> Report:
-    """Reach everything once, concurrently; return one row per device."""
-    registry = Registry(config, timeout_s=DEVICE_TIMEOUT_S)
+async def run_check(
+    config: Config,
+    computers: Sequence[Computer],
+    computers_path: Path = Path("computers.txt"),
+) -> Report:
+    """Reach everything once, concurrently; return one row per device.
+
+    Raises ConfigError when a computer's powered_by names no plug of the house.
+    """
+    registry = Registry(
+        config, computers, computers_path=computers_path, timeout_s=DEVICE_TIMEOUT_S
+    )
     powerwall = PowerwallSource(
         str(config.powerwall),
         config.powerwall_password,
@@ -59,16 +69,20 @@ async def run_check(config: Config, computers: Sequence[Computer]) -> Report:
         timeout_s=POWERWALL_TIMEOUT_S,
     )
     try:
-        grid_row, _, computer_rows = await asyncio.gather(
+        grid_row, computer_rows, _ = await asyncio.gather(
             _powerwall_row(powerwall, str(config.powerwall)),
-            _reach_devices(registry),
-            asyncio.gather(*(_computer_row(c, config) for c in computers)),
+            asyncio.gather(*(_computer_row(registry.devices[c.name], c) for c in computers)),
+            _reach_plugs(registry),
         )
     finally:
         await asyncio.gather(powerwall.close(), registry.close())
+    error = registry.link_error()
+    if error is not None:
+        raise error
+    plugs = [d for d in registry.devices.values() if d.switch.kind in PLUG_KINDS]
     rows = (
         grid_row,
-        *(_switch_row(d) for d in registry.devices.values()),
+        *(_switch_row(d) for d in plugs),
         *(
             Row(
                 p.host.address,
@@ -82,13 +96,23 @@ async def run_check(config: Config, computers: Sequence[Computer]) -> Report:
         ),
         *computer_rows,
     )
-    warnings = (*config.warnings, *registry.renamed, *_name_warnings(rows, config, computers))
+    warnings = (
+        *config.warnings,
+        *registry.renamed,
+        *_name_warnings(rows, config, computers),
+        *(
+            f"{c.name} ({computers_path.name}:{c.line}) will not come back after an outage "
+            "by itself: add mac= (Wake-on-LAN) or powered_by= (the plug that feeds it)"
+            for c in computers
+            if c.mac is None and c.powered_by is None
+        ),
+    )
     return Report(rows, warnings)
 
 
-async def _reach_devices(registry: Registry) -> None:
+async def _reach_plugs(registry: Registry) -> None:
     await registry.connect_pending()
-    await registry.read(list(registry.devices))
+    await registry.read([n for n, d in registry.devices.items() if d.switch.kind in PLUG_KINDS])
 
 
 async def _powerwall_row(source: PowerwallSource, address: str) -> Row:
@@ -124,13 +148,17 @@ def _switch_row(device: Device) -> Row:
     return Row(switch.name, switch.kind, switch.address, outcome, state, describe_rule(device.rule))
 
 
-async def _computer_row(computer: Computer, config: Config) -> Row:
-    outcome = await probe_port(computer.host, computer.port, DEVICE_TIMEOUT_S)
-    state = "up" if outcome.is_ok else ""
-    rule = (
-        computer.shed_below if computer.shed_below is not None else config.rule_for(computer.name)
+async def _computer_row(device: Device, computer: Computer) -> Row:
+    """Not only reachable: the shutdown would work (key login, host key, sudo), unrun."""
+    assert isinstance(device.switch, ComputerSwitch)
+    outcome = await device.switch.preflight()
+    if outcome.is_ok:
+        state = "up, shutdown allowed" if computer.uses_ssh else f"up (port {computer.port})"
+    else:
+        state = ""
+    return Row(
+        computer.name, computer.kind, computer.address, outcome, state, describe_rule(device.rule)
     )
-    return Row(computer.name, computer.kind, computer.address, outcome, state, describe_rule(rule))
 
 
 def _name_warnings(rows: Sequence[Row], config: Config, computers: Sequence[Computer]) -> list[str]:

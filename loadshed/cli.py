@@ -134,15 +134,16 @@ def main(
 
 def _check(args: argparse.Namespace, env: Mapping[str, str], out: TextIO, err: TextIO) -> int:
     from loadshed.check import format_table, run_check
-    from loadshed.computers import load_computers
+    from loadshed.computers import check_power_rules, load_computers
     from loadshed.config import load_config
     from loadshed.logs import redact_secrets
 
     config = load_config(args.config, env)
     computers_path = args.computers or config.path.parent / "computers.txt"
     computers = load_computers(computers_path, required=args.computers is not None)
+    check_power_rules(computers, config.rule_for, computers_path)
     redact_secrets(config.secrets())
-    report = asyncio.run(run_check(config, computers))
+    report = asyncio.run(run_check(config, computers, computers_path))
     print(format_table(report.rows), file=out)
     for warning in report.warnings:
         print(f"warning: {warning}", file=out)

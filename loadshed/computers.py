@@ -11,7 +11,7 @@ from __future__ import annotations
 import ipaddress
 import re
 import shlex
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
@@ -22,6 +22,7 @@ from loadshed.model import Kind
 KINDS: Final = {k.value: k for k in (Kind.LINUX, Kind.SOLARIS, Kind.MACOS, Kind.WINDOWS)}
 OPTIONS: Final = ("name", "port", "mac", "shed_below", "powered_by", "command", "wake_to", "via")
 SSH_PORT: Final = 22
+WOL_PORT: Final = 9  # the discard port, where Wake-on-LAN packets traditionally go
 SMB_PORT: Final = 445  # `net rpc shutdown` and `shutdown /m` reach Windows over SMB
 DEFAULT_COMMANDS: Final[dict[Kind, tuple[str, ...]]] = {
     Kind.LINUX: ("sudo", "-n", "shutdown", "-h", "now"),
@@ -29,6 +30,7 @@ DEFAULT_COMMANDS: Final[dict[Kind, tuple[str, ...]]] = {
     Kind.SOLARIS: ("sudo", "-n", "shutdown", "-y", "-g0", "-i5"),
     Kind.WINDOWS: ("shutdown", "/s", "/f", "/t", "0"),  # over Windows' OpenSSH (via=ssh)
 }
+
 
 _USER_RE: Final = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._-]*$")
 _HOST_RE: Final = re.compile(r"^[A-Za-z0-9_]([A-Za-z0-9._-]*[A-Za-z0-9_])?$")
@@ -48,7 +50,8 @@ class Computer:
     shed_below: int | None = None  # None: SHED_BELOW / DEFAULT_SHED_BELOW decide
     powered_by: str | None = None
     command: tuple[str, ...] = ()  # empty: the kind's default
-    wake_to: str | None = None
+    wake_to: str | None = None  # None: the limited broadcast, 255.255.255.255
+    wake_port: int = WOL_PORT
     via_ssh: bool = False
     line: int = 0
 
@@ -218,13 +221,18 @@ def _build(
         if kind is Kind.WINDOWS and not via_ssh:
             raise fail("command= needs a shell on the target", "use it with via=ssh, or drop it")
 
-    wake_to = None
+    wake_to, wake_port = None, WOL_PORT
     if "wake_to" in options:
+        address, _, port_text = options["wake_to"].partition(":")
         try:
-            wake_to = str(ipaddress.IPv4Address(options["wake_to"]))
+            wake_to = str(ipaddress.IPv4Address(address))
+            if port_text:
+                wake_port = int(port_text)
+                if not 1 <= wake_port <= 65535:
+                    raise ValueError(port_text)
         except ValueError:
             raise fail(
-                f"wake_to={options['wake_to']!r} is not an IPv4 address",
+                f"wake_to={options['wake_to']!r} is not an IPv4 address (and optional :port)",
                 "give the broadcast address of the computer's network, like 192.168.1.255",
             ) from None
         if mac is None:
@@ -248,6 +256,27 @@ def _build(
         powered_by=powered_by.strip() if powered_by else None,
         command=command,
         wake_to=wake_to,
+        wake_port=wake_port,
         via_ssh=via_ssh,
         line=number,
     )
+
+
+def check_power_rules(
+    computers: Sequence[Computer], rule_for: Callable[[str], int], path: Path
+) -> None:
+    """Refuse a computer with its own shed_below behind a plug marked essential.
+
+    The plug is never cut, so it could never power the computer back on after AC loss.
+    """
+    for computer in computers:
+        if computer.powered_by is None or computer.shed_below in (None, 0):
+            continue
+        if rule_for(computer.powered_by) == 0:
+            raise ConfigError(
+                path,
+                computer.line,
+                f"{computer.name} has shed_below={computer.shed_below} but its plug "
+                f"{computer.powered_by!r} is essential (SHED_BELOW 0)",
+                "make the plug sheddable in SHED_BELOW, or drop shed_below= here",
+            )

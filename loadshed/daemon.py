@@ -12,13 +12,15 @@ import logging
 import signal
 import sys
 from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
 from types import FrameType
 from typing import Final, TextIO
 
-from loadshed.computers import load_computers
+from loadshed.computers import Computer, check_power_rules, load_computers
 from loadshed.config import Config, load_config
 from loadshed.engine import Command, CommandKind, Engine
-from loadshed.errors import ExitCode
+from loadshed.errors import ConfigError, ExitCode, LoadshedError
 from loadshed.logs import redact_secrets
 from loadshed.model import Power, Status, Verb
 from loadshed.monitor import Monitor
@@ -30,28 +32,44 @@ _LOG = logging.getLogger(__name__)
 JOIN_POLL_S: Final = 0.5  # the main thread wakes this often so signals are handled promptly
 
 
-def _setup(args: argparse.Namespace, env: Mapping[str, str]) -> tuple[Config, StateStore | None]:
+@dataclass(frozen=True, slots=True)
+class Setup:
+    config: Config
+    store: StateStore | None
+    computers: tuple[Computer, ...]
+    computers_path: Path
+
+
+def _setup(args: argparse.Namespace, env: Mapping[str, str]) -> Setup:
     config = load_config(args.config, env)
     computers_path = args.computers or config.path.parent / "computers.txt"
-    load_computers(computers_path, required=args.computers is not None)
+    computers = load_computers(computers_path, required=args.computers is not None)
+    check_power_rules(computers, config.rule_for, computers_path)
     redact_secrets(config.secrets())
     for warning in config.warnings:
         _LOG.warning("%s", warning)
     if args.dry_run:
         _LOG.info("dry run: nothing will be switched and no state written")
-        return config, None
+        return Setup(config, None, computers, computers_path)
     state_dir = args.state_dir or config.state_dir or default_state_dir()
     store = StateStore(state_dir)
     store.open()
     logging.getLogger(EVENTS_LOGGER).addHandler(store.events_handler())
     _LOG.info("state dir: %s", state_dir)
-    return config, store
+    return Setup(config, store, computers, computers_path)
 
 
 def run(args: argparse.Namespace, env: Mapping[str, str], out: TextIO) -> int:
     """The daemon, in plain mode, until SIGTERM or SIGINT."""
-    config, store = _setup(args, env)
-    monitor = Monitor(config, store, dry_run=args.dry_run)
+    setup = _setup(args, env)
+    config, store = setup.config, setup.store
+    monitor = Monitor(
+        config,
+        store,
+        computers=setup.computers,
+        computers_path=setup.computers_path,
+        dry_run=args.dry_run,
+    )
 
     def _quit(signum: int, frame: FrameType | None) -> None:
         _LOG.info("%s: stopping", signal.Signals(signum).name)
@@ -70,6 +88,10 @@ def run(args: argparse.Namespace, env: Mapping[str, str], out: TextIO) -> int:
             signal.signal(sig, handler)
         if store is not None:
             store.close()
+    if isinstance(monitor.error, ConfigError):
+        raise monitor.error
+    if isinstance(monitor.error, LoadshedError):
+        raise monitor.error
     if monitor.error is not None:
         print(f"loadshed: the monitor stopped: {monitor.error}", file=sys.stderr)
         return ExitCode.FAILURE
@@ -79,19 +101,23 @@ def run(args: argparse.Namespace, env: Mapping[str, str], out: TextIO) -> int:
 
 def one_shot(args: argparse.Namespace, env: Mapping[str, str], out: TextIO) -> int:
     """`loadshed shed` / `loadshed restore`: one forced command through the engine, then exit."""
-    config, store = _setup(args, env)
+    setup = _setup(args, env)
     kind = CommandKind.FORCE_SHED if args.verb == "shed" else CommandKind.FORCE_RESTORE
     try:
-        return asyncio.run(_one_shot(config, store, kind, args.dry_run, out))
+        return asyncio.run(_one_shot(setup, kind, args.dry_run, out))
     finally:
-        if store is not None:
-            store.close()
+        if setup.store is not None:
+            setup.store.close()
 
 
-async def _one_shot(
-    config: Config, store: StateStore | None, kind: CommandKind, dry_run: bool, out: TextIO
-) -> int:
-    engine = Engine(config, store, dry_run=dry_run)
+async def _one_shot(setup: Setup, kind: CommandKind, dry_run: bool, out: TextIO) -> int:
+    engine = Engine(
+        setup.config,
+        setup.store,
+        computers=setup.computers,
+        computers_path=setup.computers_path,
+        dry_run=dry_run,
+    )
     try:
         await engine.start()
         engine.obey(Command(kind, origin="command line"))

@@ -10,18 +10,25 @@ Runs on the engine's loop; never raises into it.
 from __future__ import annotations
 
 import asyncio
+import difflib
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Final
 
+from loadshed.computers import Computer
 from loadshed.config import Config
 from loadshed.drivers import Switch
+from loadshed.drivers.computer import ComputerSwitch
 from loadshed.drivers.kasa import KasaHost
 from loadshed.drivers.tuya import TuyaPlug, tuya_executor
+from loadshed.errors import ConfigError
 from loadshed.model import Kind, Outcome, Power, Status, Verb
 
 _LOG = logging.getLogger(__name__)
 
+PLUG_KINDS: Final = (Kind.KASA, Kind.TUYA)
 DEVICE_TIMEOUT_S: Final = 3.0  # one plug's answer; KLAP needs 2 s or more (drivers/kasa.py)
 
 
@@ -65,8 +72,17 @@ class Placeholder:
 class Registry:
     """Every device of the house, by unique name."""
 
-    def __init__(self, config: Config, *, timeout_s: float = DEVICE_TIMEOUT_S) -> None:
+    def __init__(
+        self,
+        config: Config,
+        computers: Sequence[Computer] = (),
+        *,
+        computers_path: Path = Path("computers.txt"),
+        timeout_s: float = DEVICE_TIMEOUT_S,
+    ) -> None:
         self.config = config
+        self.computers = {c.name: c for c in computers}
+        self.computers_path = computers_path
         self.timeout_s = timeout_s
         self.devices: dict[str, Device] = {}
         self.renamed: list[str] = []  # warnings: two devices had one name
@@ -96,8 +112,17 @@ class Registry:
                 executor=self._executor,
             )
             self._add(plug)
+        for computer in computers:
+            switch = ComputerSwitch(
+                computer,
+                ssh_config=config.ssh_config,
+                windows_password=config.windows_password,
+            )
+            rule = computer.shed_below
+            self._add(switch, config.rule_for(computer.name) if rule is None else rule)
+        self._link_power()
 
-    def _add(self, switch: Switch) -> Device:
+    def _add(self, switch: Switch, rule: int | None = None) -> Device:
         name = switch.name
         if name in self.devices:
             # Two devices with one name: SHED_BELOW cannot tell them apart; the address can.
@@ -115,7 +140,7 @@ class Registry:
             )
             name = f"{name} @ {switch.address}"
             switch.name = name
-        device = Device(switch, self.config.rule_for(name))
+        device = Device(switch, self.config.rule_for(name) if rule is None else rule)
         self.devices[name] = device
         return device
 
@@ -134,7 +159,36 @@ class Registry:
             for switch in placeholder.host.switches:
                 added.append(self._add(switch).name)
         self.pending = still
+        self._link_power()
         return added
+
+    def _link_power(self) -> None:
+        """A plug never cuts a computer's power before the computer's own rule shuts it down."""
+        for computer in self.computers.values():
+            plug = self.devices.get(computer.powered_by or "")
+            if plug is not None:
+                plug.rule = min(plug.rule, self.devices[computer.name].rule)
+
+    def powered_by(self, plug: str) -> list[str]:
+        """The computers the named plug feeds."""
+        return [c.name for c in self.computers.values() if c.powered_by == plug]
+
+    def link_error(self) -> ConfigError | None:
+        """A powered_by that names no device, once every Kasa host has answered."""
+        if self.pending:
+            return None  # the plug may be an outlet of a host not reached yet
+        for computer in self.computers.values():
+            if computer.powered_by is not None and computer.powered_by not in self.devices:
+                plugs = sorted(n for n, d in self.devices.items() if d.switch.kind in PLUG_KINDS)
+                close = difflib.get_close_matches(computer.powered_by, plugs, n=1)
+                hint = f"did you mean {close[0]!r}?" if close else "plugs: " + ", ".join(plugs)
+                return ConfigError(
+                    self.computers_path,
+                    computer.line,
+                    f"powered_by={computer.powered_by!r} names no plug",
+                    hint,
+                )
+        return None
 
     async def read(self, names: list[str]) -> None:
         """Read the named devices concurrently and learn what they say."""

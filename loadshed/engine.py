@@ -24,9 +24,11 @@ import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from enum import Enum
+from pathlib import Path
 from typing import Final
 
 from loadshed import policy
+from loadshed.computers import Computer
 from loadshed.config import Config
 from loadshed.devices import Device, Registry
 from loadshed.drivers.powerwall import PowerwallSource
@@ -51,6 +53,8 @@ POWERWALL_TIMEOUT_S: Final = 5.0  # one request to the gateway; a read gets 3 x 
 DEVICE_REFRESH_S: Final = 30.0  # re-read every device this often, to see hand switching
 RETRY_FIRST_S: Final = 2.0  # a failed device is tried again after this, doubling ...
 RETRY_MAX_S: Final = 60.0  # ... up to once a minute: a plug back on the network is found soon
+PLUG_CYCLE_S: Final = 10.0  # a plug feeding a computer stays off this long, so the BIOS's
+# "power on after AC loss" sees a real power loss when it comes back on
 QUIT_WAIT_S: Final = 10.0  # on quit, how long switches in flight may take to finish
 RECENT_EVENTS: Final = 8  # lines kept for the screen
 
@@ -121,6 +125,8 @@ class Engine:
         config: Config,
         store: StateStore | None,
         *,
+        computers: Sequence[Computer] = (),
+        computers_path: Path = Path("computers.txt"),
         dry_run: bool = False,
         on_event: Callable[[Event], None] | None = None,
         on_snapshot: Callable[[Snapshot], None] | None = None,
@@ -135,7 +141,7 @@ class Engine:
         self._on_event = on_event
         self._on_snapshot = on_snapshot
         self.rules = policy.Rules(config.poll_s, config.outage_confirm_s, config.restore_after_s)
-        self.registry = Registry(config)
+        self.registry = Registry(config, computers, computers_path=computers_path)
         self.grid = PowerwallSource(
             str(config.powerwall),
             config.powerwall_password,
@@ -149,6 +155,8 @@ class Engine:
         self.snapshot = Snapshot(taken_at=wall(), reading=self.reading, dry_run=dry_run)
         self._decision = policy.Decision((), self.memory)
         self._tasks: set[asyncio.Task[None]] = set()
+        self._inflight: dict[str, tuple[Action, asyncio.Task[None]]] = {}
+        self._started_switching: set[str] = set()  # in flight and past their dependencies
         self._recent: list[str] = []
         self._grid_since_wall: float | None = None
         self._outage_since_wall: float | None = None
@@ -168,6 +176,9 @@ class Engine:
                 self._say(f"state.json: loadshed had switched off {names}")
         self.memory = replace(self.memory, hold=self.state.hold, paused=self.state.paused)
         _, self.reading = await asyncio.gather(self._connect_and_read_all(), self.grid.read())
+        error = self.registry.link_error()
+        if error is not None:
+            raise error
         self._started = True
         devices = self.registry.devices.values()
         essential = sum(d.rule <= policy.ESSENTIAL for d in devices)
@@ -323,6 +334,7 @@ class Engine:
                 self._say(f"{_would(self.dry_run, verb)} {action.device} ({action.reason})")
                 task = asyncio.create_task(self._act(action, device, batch))
                 self._tasks.add(task)
+                self._inflight[action.device] = (action, task)
                 task.add_done_callback(self._tasks.discard)
 
     def _write_intent(self, sheds: Sequence[tuple[Action, Device]]) -> None:
@@ -349,6 +361,8 @@ class Engine:
 
     async def _act(self, action: Action, device: Device, batch: _Batch) -> None:
         try:
+            await self._dependencies(action)
+            self._started_switching.add(action.device)
             if self.dry_run:
                 wanted = Power.OFF if action.verb is Verb.SHED else Power.ON
                 outcome = Outcome.ok(wanted, detail="dry run")
@@ -356,11 +370,30 @@ class Engine:
                 outcome = await device.switch.off()
             else:
                 outcome = await device.switch.on()
+        except asyncio.CancelledError:
+            # Not started when the grid came back: nothing was switched, nothing to remember.
+            device.busy = None
+            self._inflight.pop(action.device, None)
+            if action.verb is Verb.SHED and action.device not in self._started_switching:
+                entries = dict(self.state.shed)
+                entry = entries.get(action.device)
+                if entry is not None and not entry.confirmed:
+                    del entries[action.device]
+                    self._set_state(replace(self.state, shed=entries))
+            self._say(f"{action.device}: not switched (cancelled: the grid is back)")
+            batch.left -= 1
+            if batch.left == 0:
+                self._batch_done(batch)
+            self._publish()
+            return
         except Exception as err:  # a driver bug must not stop the shed
             _LOG.error("%s: %s", action.device, "".join(traceback.format_exception(err)))
             outcome = Outcome.failed(f"internal error: {type(err).__name__}: {err}")
         finally:
             device.busy = None
+            self._started_switching.discard(action.device)
+            if self._inflight.get(action.device, (None, None))[1] is asyncio.current_task():
+                del self._inflight[action.device]
         device.learn(outcome)
         self.results.append((action, outcome))
         wanted = Power.OFF if action.verb is Verb.SHED else Power.ON
@@ -372,13 +405,41 @@ class Engine:
             self._batch_done(batch)
         self._publish()
 
+    async def _dependencies(self, action: Action) -> None:
+        """Order within a batch: computers down before their plug; plugs on before computers."""
+        waits: list[asyncio.Task[None]] = []
+        if action.verb is Verb.SHED:
+            for fed in self.registry.powered_by(action.device):
+                inflight = self._inflight.get(fed)
+                if inflight is not None and inflight[0].verb is Verb.SHED:
+                    waits.append(inflight[1])
+        else:
+            computer = self.registry.computers.get(action.device)
+            plug = computer.powered_by if computer is not None else None
+            inflight = self._inflight.get(plug or "")
+            if inflight is not None and inflight[0].verb is Verb.RESTORE:
+                waits.append(inflight[1])
+            entry = self.state.shed.get(action.device)
+            if self.registry.powered_by(action.device) and entry is not None and entry.off_at:
+                pause = PLUG_CYCLE_S - (self.wall() - entry.off_at)
+                if pause > 0:
+                    self._say(
+                        f"{action.device}: keeping it off {pause:.0f} s more, so the "
+                        "computer behind it sees a power loss"
+                    )
+                    await asyncio.sleep(pause)
+        if waits:
+            names = ", ".join(n for n, (_, t) in self._inflight.items() if t in waits)
+            self._say(f"{action.device}: waiting for {names}")
+            await asyncio.wait(waits)
+
     def _succeeded(self, action: Action, device: Device, batch: _Batch) -> None:
         device.failures, device.retry_at = 0, 0.0
         entries = dict(self.state.shed)
         if action.verb is Verb.SHED:
             if action.device in entries:
                 entries[action.device] = replace(
-                    entries[action.device], confirmed=True, last_error=""
+                    entries[action.device], confirmed=True, last_error="", off_at=self.wall()
                 )
             self._say(f"{action.device}: off", event=True)
         else:
@@ -465,6 +526,9 @@ class Engine:
         elif decision.changed is Grid.ON:
             self._say(f"grid back ({reading.raw}), battery {_pct(reading)}", event=True)
             self._emit_kind(EventKind.ON_GRID, reading.raw)
+            for name, (action, task) in list(self._inflight.items()):
+                if action.verb is Verb.SHED and name not in self._started_switching:
+                    task.cancel()
         if reading.grid is Grid.OFF and self._outage_since_wall is None:
             self._outage_since_wall = self._grid_since_wall
         if reading.grid is Grid.ON and not self.memory.outage and not self.state.shed:

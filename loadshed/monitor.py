@@ -11,10 +11,13 @@ import asyncio
 import logging
 import queue
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from pathlib import Path
 
+from loadshed.computers import Computer
 from loadshed.config import Config
 from loadshed.engine import Command, CommandKind, Engine, Snapshot
+from loadshed.errors import LoadshedError
 from loadshed.model import Event, Grid, GridReading, Status
 from loadshed.state import StateStore
 
@@ -29,12 +32,16 @@ class Monitor:
         config: Config,
         store: StateStore | None,
         *,
+        computers: Sequence[Computer] = (),
+        computers_path: Path = Path("computers.txt"),
         dry_run: bool = False,
         on_event: Callable[[Event], None] | None = None,
         on_snapshot: Callable[[Snapshot], None] | None = None,
     ) -> None:
         self.config = config
         self.store = store
+        self.computers = computers
+        self.computers_path = computers_path
         self.dry_run = dry_run
         self.on_event = on_event
         self.on_snapshot = on_snapshot
@@ -81,6 +88,8 @@ class Monitor:
     def _main(self) -> None:
         try:
             asyncio.run(self._run())
+        except LoadshedError as err:
+            self.error = err  # said once by whoever started the monitor
         except BaseException as err:
             self.error = err
             _LOG.critical("the monitor stopped: %s", err, exc_info=True)
@@ -95,6 +104,8 @@ class Monitor:
         engine = Engine(
             self.config,
             self.store,
+            computers=self.computers,
+            computers_path=self.computers_path,
             dry_run=self.dry_run,
             on_event=self.on_event,
             on_snapshot=self.on_snapshot,

@@ -51,6 +51,7 @@ class ShedEntry:
     confirmed: bool = False  # the device was seen to go off
     attempts: int = 0
     last_error: str = ""
+    off_at: float | None = None  # wall-clock time it was seen off
 
 
 @dataclass(frozen=True, slots=True)
@@ -163,6 +164,7 @@ def _encode(state: State) -> dict[str, Any]:
                 "confirmed": e.confirmed,
                 "attempts": e.attempts,
                 "last_error": e.last_error,
+                "off_at": e.off_at,
             }
             for name, e in sorted(state.shed.items())
         },
@@ -186,6 +188,7 @@ def _decode(doc: Any) -> State:
             confirmed=bool(e["confirmed"]),
             attempts=int(e.get("attempts", 0)),
             last_error=str(e.get("last_error", "")),
+            off_at=None if e.get("off_at") is None else float(e["off_at"]),
         )
         for name, e in doc["shed"].items()
     }

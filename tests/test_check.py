@@ -14,6 +14,7 @@ import pytest
 
 from loadshed.sim.base import Fault
 from loadshed.sim.house import SimHouse
+from loadshed.sim.ssh import SshHost, combined_ssh_config
 
 CHECK_TIMEOUT_S = 60  # a hung device costs check a few seconds; never this
 
@@ -146,26 +147,51 @@ def test_environment_secret_overrides_the_file(
     assert "yes" in result.row("Powerwall").split()
 
 
-def test_computers_are_probed_on_their_port(house: SimHouse, config: Path, tmp_path: Path) -> None:
-    listening = socket.create_server(("127.0.0.1", 0))
-    open_port = listening.getsockname()[1]
+def test_computers_get_a_shutdown_preflight_that_never_shuts_down(
+    config: Path, tmp_path: Path
+) -> None:
     closed = socket.create_server(("127.0.0.1", 0))
     closed_port = closed.getsockname()[1]
     closed.close()
-    try:
-        computers = tmp_path / "computers.txt"
-        computers.write_text(
-            f"linux admin@127.0.0.1 port={open_port} name=NAS shed_below=30\n"
+    with SshHost() as nas, SshHost(sudo_needs_password=True, client_key=nas.client_key) as box:
+        (tmp_path / "ssh_config").write_text(combined_ssh_config([nas, box]))
+        config.write_text(config.read_text() + f"SSH_CONFIG = {str(tmp_path / 'ssh_config')!r}\n")
+        (tmp_path / "computers.txt").write_text(
+            f"linux {nas.user}@127.0.0.1 port={nas.port} name=NAS shed_below=30 mac=02:00:00:00:00:01\n"
+            f"solaris {box.user}@127.0.0.1 port={box.port} name=Sunbox mac=02:00:00:00:00:02\n"
             f"windows 127.0.0.1 port={closed_port} name=GamePC\n"
         )
         result = run_loadshed("check", "--config", str(config), cwd=tmp_path)
-    finally:
-        listening.close()
+        assert nas.shutdowns() == [] and box.shutdowns() == []  # nothing was shut down
+        assert nas.is_up and box.is_up
     assert result.code == 1
-    assert result.row("NAS").split()[1:4] == ["linux", f"127.0.0.1:{open_port}", "yes"]
-    assert "shed below 30 %" in result.row("NAS")
+    assert result.row("NAS").split()[1:4] == ["linux", f"127.0.0.1:{nas.port}", "yes"]
+    assert "up, shutdown allowed" in result.row("NAS") and "shed below 30 %" in result.row("NAS")
+    assert "sudoers" in result.detail_after("Sunbox")
     assert result.row("GamePC").split()[1:4] == ["windows", f"127.0.0.1:{closed_port}", "NO"]
     assert "refused" in result.detail_after("GamePC")
+    assert "GamePC (computers.txt:3) will not come back after an outage by itself" in result.out
+
+
+def test_powered_by_naming_no_plug_is_exit_2(config: Path, tmp_path: Path) -> None:
+    (tmp_path / "computers.txt").write_text(
+        "# the NAS\nlinux nas.invalid powered_by='Freezr' mac=02:00:00:00:00:01\n"
+    )
+    result = run_loadshed("check", "--config", str(config), cwd=tmp_path)
+    assert result.code == 2
+    assert result.err.strip() == (
+        f"loadshed: {tmp_path / 'computers.txt'}:2: powered_by='Freezr' names no plug "
+        "— did you mean 'Freezer'?"
+    )
+
+
+def test_a_computer_tier_behind_an_essential_plug_is_exit_2(config: Path, tmp_path: Path) -> None:
+    (tmp_path / "computers.txt").write_text("linux nas.invalid powered_by=Router shed_below=30\n")
+    result = run_loadshed("check", "--config", str(config), cwd=tmp_path)
+    assert result.code == 2
+    assert "computers.txt:1: nas.invalid has shed_below=30 but its plug 'Router' is essential" in (
+        result.err
+    )
 
 
 def test_bad_computers_line_is_exit_2(config: Path, tmp_path: Path) -> None:
