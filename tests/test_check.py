@@ -157,7 +157,8 @@ def test_computers_get_a_shutdown_preflight_that_never_shuts_down(
         (tmp_path / "ssh_config").write_text(combined_ssh_config([nas, box]))
         config.write_text(config.read_text() + f"SSH_CONFIG = {str(tmp_path / 'ssh_config')!r}\n")
         (tmp_path / "computers.txt").write_text(
-            f"linux {nas.user}@127.0.0.1 port={nas.port} name=NAS shed_below=30 mac=02:00:00:00:00:01\n"
+            f"linux {nas.user}@127.0.0.1 port={nas.port} name=NAS shed_below=30 "
+            "mac=02:00:00:00:00:01\n"
             f"solaris {box.user}@127.0.0.1 port={box.port} name=Sunbox mac=02:00:00:00:00:02\n"
             f"windows 127.0.0.1 port={closed_port} name=GamePC\n"
         )
