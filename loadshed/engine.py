@@ -40,6 +40,7 @@ from loadshed.model import (
     GridReading,
     Kind,
     Outcome,
+    Pin,
     Power,
     Status,
     Verb,
@@ -62,6 +63,7 @@ RECENT_EVENTS: Final = 8  # lines kept for the screen
 class CommandKind(Enum):
     FORCE_SHED = "force shed"
     FORCE_RESTORE = "force restore"
+    PIN = "pin"
     QUIT = "quit"
 
 
@@ -69,6 +71,8 @@ class CommandKind(Enum):
 class Command:
     kind: CommandKind
     origin: str = "keyboard"  # said in the reason: "forced from keyboard"
+    device: str = ""  # PIN: which device
+    pin: Pin | None = None  # PIN: keep on, keep off, or None for automatic
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,6 +89,7 @@ class DeviceRow:
     watts: float | None = None
     shed_reason: str | None = None  # loadshed switched it off, and why
     busy: Verb | None = None
+    pin: Pin | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -265,17 +270,33 @@ class Engine:
         self._publish()
 
     def obey(self, command: Command) -> None:
-        """Force a shed or a restore now, whatever the grid."""
+        """Force a shed or a restore now, whatever the grid; or set a device's pin."""
+        if command.kind is CommandKind.PIN:
+            self._pin(command.device, command.pin)
+            return
         reason = f"forced from {command.origin}"
         if command.kind is CommandKind.FORCE_SHED:
             decision = policy.force_shed(
                 self.memory, self._shed_views(), self._device_views(), reason
             )
         else:
-            decision = policy.force_restore(self.memory, self._shed_views(), reason)
+            decision = policy.force_restore(
+                self.memory, self._shed_views(), self._device_views(), reason
+            )
         self._say(f"{command.kind.value} ({reason}): {len(decision.actions)} devices")
         self._take(decision, self.reading.battery_pct, forced=True)
         self._publish()
+
+    def _pin(self, name: str, pin: Pin | None) -> None:
+        if name not in self.registry.devices:
+            self._say(f"cannot pin {name!r}: no such device", logging.WARNING)
+            return
+        pins = {n: p for n, p in self.state.pins.items() if n != name}
+        if pin is not None:
+            pins[name] = pin
+        self._set_state(replace(self.state, pins=pins))
+        self._say(f"{name}: {pin.value if pin is not None else 'automatic'}", event=True)
+        self.decide()
 
     async def settle(self) -> None:
         """Wait until no switch is in flight (for one-shot commands and tests)."""
@@ -286,7 +307,8 @@ class Engine:
 
     def _device_views(self) -> list[policy.DeviceView]:
         return [
-            policy.DeviceView(name, d.rule, d.power) for name, d in self.registry.devices.items()
+            policy.DeviceView(name, d.rule, d.power, self.state.pins.get(name))
+            for name, d in self.registry.devices.items()
         ]
 
     def _shed_views(self) -> dict[str, policy.ShedView]:
@@ -584,6 +606,7 @@ class Engine:
                 d.watts,
                 self.state.shed[name].reason if name in self.state.shed else None,
                 d.busy,
+                self.state.pins.get(name),
             )
             for name, d in self.registry.devices.items()
         ]

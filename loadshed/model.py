@@ -89,6 +89,13 @@ class GridReading:
     status: Status = Status.OK
 
 
+class Pin(Enum):
+    """The owner's override for one device, set from the screen."""
+
+    ON = "keep on"  # never shed; brought back now if shed
+    OFF = "keep off"  # switched off now; never brought back automatically
+
+
 class Verb(Enum):
     """What an action does to a device."""
 

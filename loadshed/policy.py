@@ -20,6 +20,9 @@ Rule 7: forced shed sheds every non-essential device and holds them off — no a
         — until a forced restore or the end of the next outage. Forced restore brings back
         everything loadshed shed; during an outage it also pauses automatic shedding until the
         grid is back.
+Rule 8: the owner's pins win over every rule above, whatever the grid: a device pinned "keep
+        on" is never shed and is brought back now if it was; one pinned "keep off" is switched
+        off now and never brought back until unpinned.
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Final
 
-from loadshed.model import Action, Grid, GridReading, Power, Verb
+from loadshed.model import Action, Grid, GridReading, Pin, Power, Verb
 
 ESSENTIAL: Final = 0
 AT_OUTAGE: Final = 100
@@ -38,6 +41,8 @@ UNKNOWN_POLLS: Final = 3  # unreadable this many polls in a row: tell the owner
 
 OFF_GRID: Final = "off-grid"
 FORCED: Final = "forced"
+PINNED_ON: Final = "pinned: keep on"
+PINNED_OFF: Final = "pinned: keep off"
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,6 +61,7 @@ class DeviceView:
     name: str
     shed_below: int  # 0 essential, 1-99 shed below that battery %, 100 shed at outage
     power: Power | None  # last power read; None: never read
+    pin: Pin | None = None  # the owner's override
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,6 +109,34 @@ def decide(
     rules: Rules,
 ) -> Decision:
     """Return the actions to take now, with reasons, and the memory to pass next time."""
+    return _with_pins(_decide(reading, now, memory, shed, devices, rules), shed, devices)
+
+
+def _with_pins(
+    decision: Decision, shed: Mapping[str, ShedView], devices: Sequence[DeviceView]
+) -> Decision:
+    """Rule 8: drop automatic actions on pinned devices; add what the pins ask for."""
+    pins = {d.name: d.pin for d in devices if d.pin is not None}
+    if not pins:
+        return decision
+    actions = [a for a in decision.actions if a.device not in pins]
+    for device in devices:
+        entry = shed.get(device.name)
+        if device.pin is Pin.ON and entry is not None:
+            actions.append(Action(Verb.RESTORE, device.name, PINNED_ON))
+        elif device.pin is Pin.OFF and _wants_switching_off(device, entry):
+            actions.append(Action(Verb.SHED, device.name, PINNED_OFF))
+    return replace(decision, actions=tuple(actions))
+
+
+def _decide(
+    reading: GridReading,
+    now: float,
+    memory: Memory,
+    shed: Mapping[str, ShedView],
+    devices: Sequence[DeviceView],
+    rules: Rules,
+) -> Decision:
     if reading.grid is Grid.UNKNOWN:
         unknown_since = memory.unknown_since if memory.unknown_since is not None else now
         memory = replace(memory, unknown_since=unknown_since)
@@ -210,14 +244,20 @@ def force_shed(
         if d.shed_below > ESSENTIAL and _wants_switching_off(d, shed.get(d.name))
     )
     held = memory.grid is not Grid.OFF or not memory.outage
-    return Decision(actions, replace(memory, hold=held or memory.hold, paused=False))
+    decision = Decision(actions, replace(memory, hold=held or memory.hold, paused=False))
+    return _with_pins(decision, shed, devices)
 
 
-def force_restore(memory: Memory, shed: Mapping[str, ShedView], reason: str = FORCED) -> Decision:
+def force_restore(
+    memory: Memory,
+    shed: Mapping[str, ShedView],
+    devices: Sequence[DeviceView] = (),
+    reason: str = FORCED,
+) -> Decision:
     """Bring back everything loadshed shed; during an outage, pause automatic shedding."""
     actions = tuple(Action(Verb.RESTORE, name, reason) for name in sorted(shed))
     paused = memory.grid is Grid.OFF and memory.outage
-    return Decision(actions, replace(memory, hold=False, paused=paused))
+    return _with_pins(Decision(actions, replace(memory, hold=False, paused=paused)), shed, devices)
 
 
 def _pct(battery: float, towards: Callable[[float], int]) -> str:

@@ -26,7 +26,7 @@ import platformdirs
 
 from loadshed.errors import LoadshedError
 from loadshed.logs import RedactingFormatter
-from loadshed.model import Kind, Power
+from loadshed.model import Kind, Pin, Power
 
 _LOG = logging.getLogger(__name__)
 
@@ -61,6 +61,7 @@ class State:
     shed: Mapping[str, ShedEntry] = field(default_factory=dict)
     hold: bool = False  # a forced shed holds devices off until forced restore or an outage ends
     paused: bool = False  # a forced restore paused automatic shedding until the grid is back
+    pins: Mapping[str, Pin] = field(default_factory=dict)  # the owner's keep on / keep off
 
 
 def default_state_dir() -> Path:
@@ -154,6 +155,7 @@ def _encode(state: State) -> dict[str, Any]:
         "version": STATE_VERSION,
         "hold": state.hold,
         "paused": state.paused,
+        "pins": {name: pin.name.lower() for name, pin in sorted(state.pins.items())},
         "shed": {
             name: {
                 "kind": e.kind.value,
@@ -192,4 +194,5 @@ def _decode(doc: Any) -> State:
         )
         for name, e in doc["shed"].items()
     }
-    return State(shed=shed, hold=bool(doc["hold"]), paused=bool(doc["paused"]))
+    pins = {str(name): Pin[str(pin).upper()] for name, pin in doc.get("pins", {}).items()}
+    return State(shed=shed, hold=bool(doc["hold"]), paused=bool(doc["paused"]), pins=pins)

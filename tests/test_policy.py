@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from loadshed.model import Action, Grid, GridReading, Power, Verb
+from loadshed.model import Action, Grid, GridReading, Pin, Power, Verb
 from loadshed.policy import (
     DeviceView,
     Memory,
@@ -285,3 +285,29 @@ def test_invariants_hold_over_random_readings(
     restore: float,
 ) -> None:
     simulate(steps, rules_pct, powers[: len(rules_pct)], Rules(2.0, confirm, restore))
+
+
+def test_pins_win_whatever_the_grid() -> None:
+    devices = (
+        DeviceView("Heater", 100, Power.ON, Pin.ON),
+        DeviceView("Router", 0, Power.ON, Pin.OFF),
+        DeviceView("TV", 100, Power.ON),
+    )
+    outage = decide(reading(Grid.OFF), 10, on_grid_memory(), {}, devices, RULES)
+    assert {(a.verb, a.device, a.reason) for a in outage.actions} == {
+        (Verb.SHED, "Router", "pinned: keep off"),  # the owner's own choice, even if essential
+        (Verb.SHED, "TV", "off-grid"),
+    }
+    unknown = decide(reading(Grid.UNKNOWN, None), 10, on_grid_memory(), {}, devices, RULES)
+    assert names(unknown.actions, Verb.SHED) == {"Router"}
+    shed = {"Heater": ShedView("off-grid"), "Router": ShedView("pinned: keep off")}
+    devices = (
+        DeviceView("Heater", 100, Power.OFF, Pin.ON),
+        DeviceView("Router", 0, Power.OFF, Pin.OFF),
+        DeviceView("TV", 100, Power.ON),
+    )
+    back = decide(reading(Grid.ON), 1000, Memory(grid=Grid.ON, since=0), shed, devices, RULES)
+    assert {(a.verb, a.device) for a in back.actions} == {(Verb.RESTORE, "Heater")}
+    assert back.actions[0].reason == "pinned: keep on"
+    assert names(force_shed(on_grid_memory(), shed, devices).actions, Verb.SHED) == {"TV"}
+    assert names(force_restore(on_grid_memory(), shed, devices).actions, Verb.RESTORE) == {"Heater"}
