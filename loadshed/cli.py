@@ -57,6 +57,12 @@ def _parser() -> argparse.ArgumentParser:
     _add_config_args(restore)
     _add_engine_args(restore)
 
+    notify_test = verbs.add_parser(
+        "notify-test", help="send one test message through every alert channel, now"
+    )
+    _add_config_args(notify_test)
+    notify_test.add_argument("--state-dir", type=Path, default=None, help="where the outbox lives")
+
     demo = verbs.add_parser(
         "demo", help="a scripted outage in a simulated house on 127.0.0.1: no hardware, no config"
     )
@@ -102,6 +108,11 @@ def main(
         if args.verb == "demo":
             configure_logging(out, debug=args.debug, level=logging.INFO, fmt=PLAIN_FORMAT)
             return _demo(args, env, out, err)
+        if args.verb == "notify-test":
+            from loadshed import daemon
+
+            configure_logging(err, debug=args.debug, level=logging.ERROR)
+            return daemon.notify_test(args, env, out)
         if args.verb in ("run", "shed", "restore"):
             from loadshed import daemon
 
@@ -137,6 +148,8 @@ def _check(args: argparse.Namespace, env: Mapping[str, str], out: TextIO, err: T
     from loadshed.computers import check_power_rules, load_computers
     from loadshed.config import load_config
     from loadshed.logs import redact_secrets
+    from loadshed.notify import waiting
+    from loadshed.state import default_state_dir
 
     config = load_config(args.config, env)
     computers_path = args.computers or config.path.parent / "computers.txt"
@@ -147,6 +160,9 @@ def _check(args: argparse.Namespace, env: Mapping[str, str], out: TextIO, err: T
     print(format_table(report.rows), file=out)
     for warning in report.warnings:
         print(f"warning: {warning}", file=out)
+    outbox = waiting(config.state_dir or default_state_dir())
+    if outbox:
+        print(f"alerts: {outbox} waiting in the outbox (loadshed run sends them)", file=out)
     unreachable = [r.name for r in report.rows if not (r.reachable and r.outcome.is_ok)]
     if unreachable:
         print(

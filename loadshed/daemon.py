@@ -24,6 +24,7 @@ from loadshed.errors import ConfigError, ExitCode, LoadshedError
 from loadshed.logs import redact_secrets
 from loadshed.model import Power, Status, Verb
 from loadshed.monitor import Monitor
+from loadshed.notify import Notifier
 from loadshed.policy import ESSENTIAL
 from loadshed.state import EVENTS_LOGGER, StateStore, default_state_dir
 
@@ -63,12 +64,17 @@ def run(args: argparse.Namespace, env: Mapping[str, str], out: TextIO) -> int:
     """The daemon, in plain mode, until SIGTERM or SIGINT."""
     setup = _setup(args, env)
     config, store = setup.config, setup.store
+    notifier = Notifier(store.dir, config) if store is not None else None
+    if notifier is not None:
+        channels = ", ".join(notifier.channels) or "none (see README: Alerts)"
+        _LOG.info("alerts go to: %s; %d waiting in the outbox", channels, notifier.pending())
     monitor = Monitor(
         config,
         store,
         computers=setup.computers,
         computers_path=setup.computers_path,
         dry_run=args.dry_run,
+        notifier=notifier,
     )
 
     def _quit(signum: int, frame: FrameType | None) -> None:
@@ -156,3 +162,22 @@ async def _one_shot(setup: Setup, kind: CommandKind, dry_run: bool, out: TextIO)
 
 def _power(power: Power | None) -> str:
     return power.value if power is not None else "in an unknown state"
+
+
+def notify_test(args: argparse.Namespace, env: Mapping[str, str], out: TextIO) -> int:
+    """`loadshed notify-test`: one test message through every channel, now."""
+    config = load_config(args.config, env)
+    redact_secrets(config.secrets())
+    state_dir = args.state_dir or config.state_dir or default_state_dir()
+    notifier = Notifier(state_dir, config)
+    results = asyncio.run(notifier.send_test())
+    if not results:
+        print(
+            "no alert channel configured: set MAILNOTIF and SMTP_HOST, or NOTIFY_URLS "
+            "(see README: Alerts)",
+            file=out,
+        )
+        return ExitCode.FAILURE
+    for channel, said in results:
+        print(f"{channel}: {said}", file=out)
+    return ExitCode.OK if all(said == "sent" for _, said in results) else ExitCode.FAILURE

@@ -58,6 +58,7 @@ PLUG_CYCLE_S: Final = 10.0  # a plug feeding a computer stays off this long, so 
 # "power on after AC loss" sees a real power loss when it comes back on
 QUIT_WAIT_S: Final = 10.0  # on quit, how long switches in flight may take to finish
 RECENT_EVENTS: Final = 8  # lines kept for the screen
+FAILURES_BEFORE_ALERT: Final = 3  # a device failing this many times in a row is worth a text
 
 
 class CommandKind(Enum):
@@ -480,6 +481,17 @@ class Engine:
         if action.device in entries:
             entries[action.device] = replace(entries[action.device], last_error=why)
             self._set_state(replace(self.state, shed=entries))
+        if device.failures == FAILURES_BEFORE_ALERT:
+            self._emit(
+                Event(
+                    EventKind.DEVICE_FAILED,
+                    self.wall(),
+                    uuid.uuid4().hex[:12],
+                    self.reading.battery_pct,
+                    detail=f"{action.device}: {why}",
+                    failed=((action.device, why),),
+                )
+            )
         verb = "switch off" if action.verb is Verb.SHED else "switch on"
         self._say(
             f"{action.device}: could not {verb}: {why}; trying again in {pause:g} s",

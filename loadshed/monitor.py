@@ -19,6 +19,7 @@ from loadshed.config import Config
 from loadshed.engine import Command, CommandKind, Engine, Snapshot
 from loadshed.errors import LoadshedError
 from loadshed.model import Event, Grid, GridReading, Status
+from loadshed.notify import Notifier
 from loadshed.state import StateStore
 
 _LOG = logging.getLogger(__name__)
@@ -37,8 +38,10 @@ class Monitor:
         dry_run: bool = False,
         on_event: Callable[[Event], None] | None = None,
         on_snapshot: Callable[[Snapshot], None] | None = None,
+        notifier: Notifier | None = None,
     ) -> None:
         self.config = config
+        self.notifier = notifier
         self.store = store
         self.computers = computers
         self.computers_path = computers_path
@@ -107,13 +110,18 @@ class Monitor:
             computers=self.computers,
             computers_path=self.computers_path,
             dry_run=self.dry_run,
-            on_event=self.on_event,
+            on_event=self.on_event or (self.notifier.submit if self.notifier else None),
             on_snapshot=self.on_snapshot,
         )
         self._engine = engine
         self._started.set()
+        # The sender shares the loop but never the poll's path: submit() only writes a file.
+        sender = asyncio.create_task(self.notifier.run()) if self.notifier is not None else None
         try:
             await engine.start()
             await engine.run(self.commands, self._wake)
         finally:
             await engine.close()
+            if sender is not None:
+                sender.cancel()
+                await asyncio.gather(sender, return_exceptions=True)

@@ -977,6 +977,16 @@ def _redact_library_logs() -> None:
             logger.addFilter(_RedactRecords())
 
 
+def waiting(state_dir: Path) -> int:
+    """How many messages wait in state_dir's outbox, read without creating anything."""
+    directory = state_dir / OUTBOX_DIR
+    try:
+        names = [p.name for p in directory.iterdir()]
+    except OSError:
+        return 0
+    return sum(1 for n in names if n.endswith(".json") and n != DELIVERED_FILE)
+
+
 class Notifier:
     """Queue events as messages and deliver them, in order, through every channel.
 

@@ -239,3 +239,13 @@ def test_a_shed_below_name_that_matches_nothing_is_a_warning(config: Path, tmp_p
         "warning: SHED_BELOW names 'Freezr', but no device is called that — did you mean 'Freezer'?"
         in result.out
     )
+
+
+def test_check_shows_alerts_waiting_in_the_outbox(config: Path, tmp_path: Path) -> None:
+    outbox = tmp_path / "state" / "outbox"
+    outbox.mkdir(parents=True)
+    (outbox / "00000001-off_grid.json").write_text("{}")
+    (outbox / "delivered.json").write_text('{"ids": []}')
+    config.write_text(config.read_text() + f"STATE_DIR = {str(tmp_path / 'state')!r}\n")
+    result = run_loadshed("check", "--config", str(config), cwd=tmp_path)
+    assert "alerts: 1 waiting in the outbox (loadshed run sends them)" in result.out
