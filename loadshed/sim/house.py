@@ -15,20 +15,25 @@ import asyncio
 import datetime as dt
 import pprint
 import secrets
+import shutil
+import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import Final
+from typing import Any, Final
 
 from loadshed.sim.base import Fault, Outlet, SimDevice, SiteState
 from loadshed.sim.energy import EnergyModel
 from loadshed.sim.kasa import kasa_plug, kasa_strip, klap_plug
 from loadshed.sim.loop import LoopThread
 from loadshed.sim.powerwall import PowerwallSim
+from loadshed.sim.ssh import SshHost, combined_ssh_config
 from loadshed.sim.tuya import TuyaPlugSim
 
 TICK_S: Final = 0.2  # real seconds between battery-model steps
+AC_LOSS_S: Final = 5.0  # a BIOS powers the computer on when its plug returns after this long
+MACS: Final = {"NAS": "02:4c:53:00:00:01", "Workstation": "02:4c:53:00:00:02"}
 KASA_USERNAME: Final = "owner@example.com"  # the simulated TP-Link account (KLAP plug)
 POWERWALL_NAME: Final = "Powerwall"
 
@@ -54,6 +59,7 @@ class SimHouse:
         hour: float | None = None,
         battery_pct: float = 80.0,
         reconnect_s: float = 0.0,
+        computers: bool = False,
     ) -> None:
         if speed <= 0:
             raise ValueError("speed must be above 0")
@@ -98,6 +104,14 @@ class SimHouse:
         ):
             self._sim_of.update(dict.fromkeys(names, sim))
         self.shed_below = {"Router": 0, "Aquarium": 0, "Freezer": 30, "Dehumidifier": 50}
+        self.hosts: dict[str, SshHost] = {}
+        self.hard_cuts: list[str] = []  # computers whose plug went off while they were up
+        self._plug_off_since: dict[str, float] = {}
+        self._wol: asyncio.DatagramTransport | None = None
+        self.wol_port = 0
+
+        if computers:
+            self._add_computers()
         now = dt.datetime.now()
         self.energy = EnergyModel(
             self.site,
@@ -107,6 +121,28 @@ class SimHouse:
         )
         self._loop: LoopThread | None = None
         self._ticker: asyncio.Task[None] | None = None
+
+    def _add_computers(self) -> None:
+        """Two computers on a real sshd each: a NAS fed by its own plug, a Workstation (WoL)."""
+        self.outlets["NAS plug"] = Outlet("NAS plug", 35.0)
+        nas_plug = kasa_plug(self.outlets["NAS plug"])
+        self.kasa.append(nas_plug)
+        self._sim_of["NAS plug"] = nas_plug
+        nas = SshHost()
+        self.hosts = {"NAS": nas, "Workstation": SshHost(client_key=nas.client_key)}
+        self._ssh_dir = Path(tempfile.mkdtemp(prefix="loadshed-sim-ssh-"))
+
+    def computers_text(self) -> str:
+        """A computers.txt for the house's computers (empty without them)."""
+        if not self.hosts:
+            return ""
+        nas, workstation = self.hosts["NAS"], self.hosts["Workstation"]
+        return (
+            "# the simulated house's computers: real sshd on 127.0.0.1, recording shutdowns\n"
+            f'linux  {nas.user}@{nas.host}  port={nas.port} name=NAS powered_by="NAS plug"\n'
+            f"macos  {workstation.user}@{workstation.host}  port={workstation.port} "
+            f"name=Workstation mac={MACS['Workstation']} wake_to=127.0.0.1:{self.wol_port}\n"
+        )
 
     def _tuya(self, name: str, version: float, *, meter: bool = False) -> TuyaSpec:
         dev_id = "bf" + secrets.token_hex(9)
@@ -131,6 +167,13 @@ class SimHouse:
 
     async def _start(self) -> None:
         await asyncio.gather(*(d.start() for d in self.devices()))
+        if self.hosts:
+            await asyncio.gather(*(asyncio.to_thread(h.start) for h in self.hosts.values()))
+            loop = asyncio.get_running_loop()
+            self._wol, _ = await loop.create_datagram_endpoint(
+                lambda: _WakeOnLan(self), local_addr=("127.0.0.1", 0)
+            )
+            self.wol_port = self._wol.get_extra_info("sockname")[1]
         self._ticker = asyncio.create_task(self._tick())
 
     async def _tick(self) -> None:
@@ -141,6 +184,28 @@ class SimHouse:
             now = loop.time()
             self.energy.advance((now - last) * self.speed)
             last = now
+            if self.hosts:
+                await self._watch_plugs(now)
+
+    async def _watch_plugs(self, now: float) -> None:
+        """The NAS lives on its plug: cut, it dies; back after AC_LOSS_S, its BIOS boots it."""
+        host, plug = self.hosts["NAS"], self.outlets["NAS plug"]
+        if not plug.on:
+            if "NAS plug" not in self._plug_off_since:
+                self._plug_off_since["NAS plug"] = now
+                if host.is_up:
+                    self.hard_cuts.append("NAS")
+                    await asyncio.to_thread(host.stop)
+            return
+        off_since = self._plug_off_since.pop("NAS plug", None)
+        if off_since is not None and now - off_since >= AC_LOSS_S and not host.is_up:
+            await asyncio.to_thread(host.start)
+
+    def wake(self, mac: str) -> None:
+        """A magic packet arrived for mac: power that computer on (on the loop thread)."""
+        for name, host in self.hosts.items():
+            if MACS[name] == mac and not host.is_up:
+                asyncio.get_running_loop().run_in_executor(None, host.start)
 
     def stop(self) -> None:
         """Stop every device and the loop. Safe to call twice."""
@@ -151,12 +216,18 @@ class SimHouse:
         async def _stop() -> None:
             if self._ticker is not None:
                 self._ticker.cancel()
+            if self._wol is not None:
+                self._wol.close()
             await asyncio.gather(*(d.stop() for d in self.devices()), return_exceptions=True)
 
         try:
             loop.run(_stop(), timeout_s=10)
         finally:
             loop.close()
+            for host in reversed(list(self.hosts.values())):  # the NAS holds the shared key
+                host.close()
+            if self.hosts:
+                shutil.rmtree(self._ssh_dir, ignore_errors=True)
 
     def __enter__(self) -> SimHouse:
         return self.start()
@@ -256,18 +327,37 @@ class SimHouse:
             "POLL_SECONDS = 1",
             "RESTORE_AFTER_SECONDS = 30",
         ]
+        if self.hosts:
+            ssh_config = self._ssh_dir / "ssh_config"
+            ssh_config.write_text(combined_ssh_config(list(self.hosts.values())))
+            lines.append(f"SSH_CONFIG = {str(ssh_config)!r}")
         return "\n".join(lines) + "\n"
 
     def write_config(self, path: Path) -> Path:
-        """Write config_text() to path, readable by its owner only."""
+        """Write config_text() to path, readable by its owner only (and computers.txt beside)."""
         path.touch(mode=0o600, exist_ok=True)
         path.chmod(0o600)
         path.write_text(self.config_text(), encoding="utf-8")
+        if self.hosts:
+            (path.parent / "computers.txt").write_text(self.computers_text(), encoding="utf-8")
         return path
 
     def summary(self) -> str:
         plugs = sum(1 for name, sim in self._sim_of.items() if sim in self.kasa)
+        computers = f", {len(self.hosts)} computers on sshd" if self.hosts else ""
         return (
             f"a Powerwall at {self.powerwall.address}, {len(self.kasa)} Kasa devices with "
-            f"{plugs} outlets, {len(self.tuya)} Tuya plugs"
+            f"{plugs} outlets, {len(self.tuya)} Tuya plugs{computers}"
         )
+
+
+class _WakeOnLan(asyncio.DatagramProtocol):
+    """The house's LAN, as far as magic packets go: a UDP listener on 127.0.0.1."""
+
+    def __init__(self, house: SimHouse) -> None:
+        self.house = house
+
+    def datagram_received(self, data: bytes, addr: tuple[str | Any, int]) -> None:
+        if len(data) == 102 and data[:6] == b"\xff" * 6:
+            mac = ":".join(f"{b:02x}" for b in data[6:12])
+            self.house.wake(mac)
