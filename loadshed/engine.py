@@ -394,16 +394,21 @@ class Engine:
             else:
                 outcome = await device.switch.on()
         except asyncio.CancelledError:
-            # Not started when the grid came back: nothing was switched, nothing to remember.
+            # The grid came back (or loadshed is quitting). Not started: nothing was switched,
+            # nothing to remember. Started: the intent stays, erring toward remembering.
             device.busy = None
             self._inflight.pop(action.device, None)
-            if action.verb is Verb.SHED and action.device not in self._started_switching:
+            started = action.device in self._started_switching
+            if action.verb is Verb.SHED and not started:
                 entries = dict(self.state.shed)
                 entry = entries.get(action.device)
                 if entry is not None and not entry.confirmed:
                     del entries[action.device]
                     self._set_state(replace(self.state, shed=entries))
-            self._say(f"{action.device}: not switched (cancelled: the grid is back)")
+            if started:
+                self._say(f"{action.device}: stopped waiting for it", logging.WARNING)
+            else:
+                self._say(f"{action.device}: not switched (cancelled before it started)")
             batch.left -= 1
             if batch.left == 0:
                 self._batch_done(batch)
