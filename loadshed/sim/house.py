@@ -28,7 +28,7 @@ from loadshed.sim.energy import EnergyModel
 from loadshed.sim.kasa import kasa_plug, kasa_strip, klap_plug
 from loadshed.sim.loop import LoopThread
 from loadshed.sim.powerwall import PowerwallSim
-from loadshed.sim.ssh import SshHost, combined_ssh_config
+from loadshed.sim.ssh import SSHD_PATH, SshHost, combined_ssh_config
 from loadshed.sim.tuya import TuyaPlugSim
 
 TICK_S: Final = 0.2  # real seconds between battery-model steps
@@ -47,6 +47,13 @@ class TuyaSpec:
     key: str
     version: float
     sim: TuyaPlugSim
+
+
+def sshd_available() -> bool:
+    """Whether this machine can play computers (OpenSSH's sshd and ssh-keygen are installed)."""
+    return SSHD_PATH.exists() and shutil.which("ssh-keygen") is not None and bool(
+        shutil.which("ssh")
+    )
 
 
 class SimHouse:
