@@ -64,12 +64,19 @@ def _parser() -> argparse.ArgumentParser:
     notify_test.add_argument("--state-dir", type=Path, default=None, help="where the outbox lives")
 
     demo = verbs.add_parser(
-        "demo", help="a scripted outage in a simulated house on 127.0.0.1: no hardware, no config"
+        "demo",
+        help="a simulated house on 127.0.0.1 behind the live screen (g cuts the grid); "
+        "no hardware, no config",
     )
     demo.add_argument(
-        "--speed", type=float, default=1000.0, help="the house's clock runs N x real time (1000)"
+        "--speed",
+        type=float,
+        default=None,
+        help="the house's clock runs N x real time (60 on the screen, 1000 scripted)",
     )
-    demo.add_argument("--no-ui", action="store_true", help="plain lines on stdout")
+    demo.add_argument(
+        "--no-ui", action="store_true", help="a scripted outage in plain lines on stdout"
+    )
     return parser
 
 
@@ -174,8 +181,11 @@ def _check(args: argparse.Namespace, env: Mapping[str, str], out: TextIO, err: T
 
 
 def _demo(args: argparse.Namespace, env: Mapping[str, str], out: TextIO, err: TextIO) -> int:
-    from loadshed.demo import run_demo
+    from loadshed.daemon import wants_screen
+    from loadshed.demo import DEFAULT_SPEED, LIVE_SPEED, run_demo, run_live_demo
 
-    if args.speed <= 0:
+    if args.speed is not None and args.speed <= 0:
         raise ConfigError(None, None, f"--speed {args.speed:g}", "give a speed above 0, like 600")
-    return run_demo(out, args.speed)
+    if wants_screen(out, args.no_ui):
+        return run_live_demo(args.speed or LIVE_SPEED)
+    return run_demo(out, args.speed or DEFAULT_SPEED)

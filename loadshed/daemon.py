@@ -1,17 +1,21 @@
 """`loadshed run`, `shed` and `restore`: set up the config, the state dir and the engine.
 
-Plain mode: timestamped lines on stdout (the curses screen is for a terminal). SIGTERM and
-SIGINT ask the monitor to quit; it lets switches in flight finish and writes the state first.
+`run` shows the curses screen (ui.py) when stdout and stdin are a terminal and --no-ui is not
+given; while it is up no log line reaches the terminal (`logs_held`). Otherwise plain mode:
+timestamped lines on stdout, and curses is never imported. SIGTERM and SIGINT ask the monitor
+to quit; it lets switches in flight finish and writes the state first.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import collections
+import contextlib
 import logging
 import signal
 import sys
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
@@ -20,7 +24,7 @@ from typing import Final, TextIO
 from loadshed.computers import Computer, check_power_rules, load_computers
 from loadshed.config import Config, load_config
 from loadshed.engine import Command, CommandKind, Engine
-from loadshed.errors import ConfigError, ExitCode, LoadshedError
+from loadshed.errors import ExitCode, LoadshedError
 from loadshed.logs import redact_secrets
 from loadshed.model import Power, Status, Verb
 from loadshed.monitor import Monitor
@@ -31,6 +35,7 @@ from loadshed.state import EVENTS_LOGGER, StateStore, default_state_dir
 _LOG = logging.getLogger(__name__)
 
 JOIN_POLL_S: Final = 0.5  # the main thread wakes this often so signals are handled promptly
+HELD_LOG_LINES: Final = 20  # errors logged while the screen was up, printed when it closes
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,8 +65,50 @@ def _setup(args: argparse.Namespace, env: Mapping[str, str]) -> Setup:
     return Setup(config, store, computers, computers_path)
 
 
+def wants_screen(out: TextIO, no_ui: bool) -> bool:
+    """The curses screen: unless --no-ui, when stdout is a terminal and keys can be read."""
+    return not no_ui and out.isatty() and sys.stdin.isatty()
+
+
+class _Held(logging.Handler):
+    """Keeps the last errors logged while the screen is up, to print once it is gone."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.ERROR)
+        self.records: collections.deque[logging.LogRecord] = collections.deque(
+            maxlen=HELD_LOG_LINES
+        )
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
+@contextlib.contextmanager
+def logs_held() -> Iterator[None]:
+    """Keep log lines off the terminal while curses owns it; print the errors afterwards.
+
+    events.log still gets every event (its handler is on the events logger), and the screen
+    shows the engine's own lines; a library's error waits here and is printed when the screen
+    closes.
+    """
+    root = logging.getLogger()
+    saved = list(root.handlers)
+    held = _Held()
+    for handler in saved:
+        root.removeHandler(handler)
+    root.addHandler(held)
+    try:
+        yield
+    finally:
+        root.removeHandler(held)
+        for handler in saved:
+            root.addHandler(handler)
+        for record in held.records:
+            root.handle(record)
+
+
 def run(args: argparse.Namespace, env: Mapping[str, str], out: TextIO) -> int:
-    """The daemon, in plain mode, until SIGTERM or SIGINT."""
+    """The daemon until q on its screen, or SIGTERM or SIGINT in plain mode."""
     setup = _setup(args, env)
     config, store = setup.config, setup.store
     notifier = Notifier(store.dir, config) if store is not None else None
@@ -76,6 +123,29 @@ def run(args: argparse.Namespace, env: Mapping[str, str], out: TextIO) -> int:
         dry_run=args.dry_run,
         notifier=notifier,
     )
+
+    try:
+        if wants_screen(out, args.no_ui):
+            from loadshed.ui import run_ui  # only here: plain mode never imports curses
+
+            with logs_held():
+                run_ui(monitor)
+        else:
+            _run_plain(monitor, config)
+    finally:
+        if store is not None:
+            store.close()
+    if isinstance(monitor.error, LoadshedError):  # a ConfigError too: exit 2, said once by cli
+        raise monitor.error
+    if monitor.error is not None:
+        print(f"loadshed: the monitor stopped: {monitor.error}", file=sys.stderr)
+        return ExitCode.FAILURE
+    _LOG.info("stopped")
+    return ExitCode.OK
+
+
+def _run_plain(monitor: Monitor, config: Config) -> None:
+    """Start the monitor and wait for it; SIGTERM and SIGINT ask it to quit."""
 
     def _quit(signum: int, frame: FrameType | None) -> None:
         _LOG.info("%s: stopping", signal.Signals(signum).name)
@@ -92,17 +162,6 @@ def run(args: argparse.Namespace, env: Mapping[str, str], out: TextIO) -> int:
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
-        if store is not None:
-            store.close()
-    if isinstance(monitor.error, ConfigError):
-        raise monitor.error
-    if isinstance(monitor.error, LoadshedError):
-        raise monitor.error
-    if monitor.error is not None:
-        print(f"loadshed: the monitor stopped: {monitor.error}", file=sys.stderr)
-        return ExitCode.FAILURE
-    _LOG.info("stopped")
-    return ExitCode.OK
 
 
 def one_shot(args: argparse.Namespace, env: Mapping[str, str], out: TextIO) -> int:

@@ -5,24 +5,32 @@ drains `speed` times faster than real time. The real engine watches it from a mo
 as `loadshed run` would, with its state in a temporary directory. The script: on grid → the
 grid fails → every "shed at outage" plug goes off → the battery drains through the tiers →
 the grid comes back → exactly what was shed comes back on. Needs no hardware and no config.
+
+`run_live_demo` is the same house and engine behind the curses screen, for a person to play
+with, plus the house's two computers on a real sshd when OpenSSH is installed: g cuts and
+restores the grid, + and - add and remove solar. Its keys act on the house only; what loadshed
+does about it is the real engine's business, as in `loadshed run`.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Final, TextIO
 
 from loadshed.check import format_table, run_check
-from loadshed.config import load_config
+from loadshed.computers import Computer, load_computers
+from loadshed.config import Config, load_config
 from loadshed.errors import ExitCode, LoadshedError
 from loadshed.logs import redact_secrets
 from loadshed.monitor import Monitor
-from loadshed.sim.house import SimHouse
+from loadshed.sim.house import SimHouse, sshd_available
 from loadshed.state import EVENTS_LOGGER, StateStore
 
 DEFAULT_SPEED: Final = 1000.0  # sim seconds per real second: a winter evening in a minute
@@ -31,43 +39,119 @@ START_HOUR: Final = 18.5  # a winter evening: no sun to help
 DEMO_POLL_S: Final = 0.5
 DEMO_RESTORE_S: Final = 3.0  # RESTORE_AFTER_SECONDS for the demo (60 by default)
 STEP_TIMEOUT_S: Final = 120.0  # no step of the story may take longer than this
+LIVE_SPEED: Final = 60.0  # the live demo's default: a minute of the house each second
+LIVE_BATTERY_PCT: Final = 80.0  # room to drain through both tiers (50 %, 30 %) while playing
+LIVE_RESTORE_S: Final = 10.0  # long enough to watch "restoring in" count down
+SOLAR_STEP_W: Final = 1000.0  # one press of + or -
+SOLAR_MAX_W: Final = 10_000.0
 
 
-def run_demo(out: TextIO, speed: float = DEFAULT_SPEED) -> int:
-    """Play the scripted outage; print what happens. 0 when the story ends as it should."""
+@dataclass(frozen=True, slots=True)
+class _Stage:
+    """A running simulated house, its config, and an open state dir, for either demo."""
+
+    house: SimHouse
+    config: Config
+    computers: tuple[Computer, ...]
+    computers_path: Path
+    store: StateStore
+    tmp: Path
+
+    def monitor(self) -> Monitor:
+        return Monitor(
+            self.config, self.store, computers=self.computers, computers_path=self.computers_path
+        )
+
+
+@contextlib.contextmanager
+def _stage(speed: float, battery_pct: float, restore_s: float) -> Iterator[_Stage]:
+    """Start the house (with its computers when sshd is installed) and a temporary state dir."""
     with (
         tempfile.TemporaryDirectory(prefix="loadshed-demo-") as tmp,
-        SimHouse(speed=speed, battery_pct=START_BATTERY_PCT, hour=START_HOUR) as house,
+        SimHouse(
+            speed=speed, battery_pct=battery_pct, hour=START_HOUR, computers=sshd_available()
+        ) as house,
     ):
         config_path = house.write_config(Path(tmp) / "config.py")
         with config_path.open("a") as f:
-            f.write(f"POLL_SECONDS = {DEMO_POLL_S}\nRESTORE_AFTER_SECONDS = {DEMO_RESTORE_S}\n")
+            f.write(f"POLL_SECONDS = {DEMO_POLL_S}\nRESTORE_AFTER_SECONDS = {restore_s}\n")
         config = load_config(config_path, {})
         redact_secrets(config.secrets())
-        say = _Narrator(out, house)
-        say(f"A simulated house on 127.0.0.1: {house.summary()}.")
-        say(f"Its battery clock runs {speed:g}x real time; state in {tmp}/state.\n")
-        print(format_table(asyncio.run(run_check(config, ())).rows), file=out, flush=True)
-
+        computers_path = config_path.parent / "computers.txt"
         store = StateStore(Path(tmp) / "state")
         store.open()
         events = logging.getLogger(EVENTS_LOGGER)
         handler = store.events_handler()
         events.addHandler(handler)
-        monitor = Monitor(config, store)
         try:
-            monitor.start()
-            return _story(say, house, monitor, speed)
+            yield _Stage(
+                house, config, load_computers(computers_path), computers_path, store, Path(tmp)
+            )
         finally:
-            monitor.stop()
-            monitor.join(STEP_TIMEOUT_S)
             events.removeHandler(handler)
             handler.close()
             store.close()
 
 
+def run_demo(out: TextIO, speed: float = DEFAULT_SPEED) -> int:
+    """Play the scripted outage; print what happens. 0 when the story ends as it should."""
+    with _stage(speed, START_BATTERY_PCT, DEMO_RESTORE_S) as stage:
+        say = _Narrator(out, stage.house)
+        say(f"A simulated house on 127.0.0.1: {stage.house.summary()}.")
+        say(f"Its battery clock runs {speed:g}x real time; state in {stage.tmp}/state.\n")
+        report = asyncio.run(run_check(stage.config, stage.computers, stage.computers_path))
+        print(format_table(report.rows), file=out, flush=True)
+        monitor = stage.monitor()
+        try:
+            monitor.start()
+            return _story(say, stage.house, monitor, speed)
+        finally:
+            monitor.stop()
+            monitor.join(STEP_TIMEOUT_S)
+
+
+def run_live_demo(speed: float = LIVE_SPEED) -> int:
+    """The simulated house behind the live screen, until q. 0 when quit from the screen."""
+    from loadshed.daemon import logs_held
+    from loadshed.ui import run_ui  # only here: the scripted demo never imports curses
+    from loadshed.view import Demo
+
+    with _stage(speed, LIVE_BATTERY_PCT, LIVE_RESTORE_S) as stage, logs_held():
+        house = stage.house
+        return run_ui(
+            stage.monitor(),
+            demo_keys=_demo_keys(house),
+            demo_info=lambda: Demo(speed, house.energy.hour, house.energy.solar_override_w),
+            capacity_wh=house.energy.capacity_wh,
+        )
+
+
+def _demo_keys(house: SimHouse) -> dict[str, Callable[[], str]]:
+    """What the demo's keys do to the house, each saying what it did."""
+
+    def grid() -> str:
+        if house.energy.grid_up:
+            house.cut_grid()
+            return "demo: the grid is cut; the Powerwall islands the house"
+        house.restore_grid()
+        return "demo: the grid is back; loadshed restores once it has been stable"
+
+    def solar(step_w: float) -> Callable[[], str]:
+        def change() -> str:
+            now_w = house.energy.solar_override_w
+            watts = min(max((now_w or 0.0) + step_w, 0.0), SOLAR_MAX_W)
+            house.set_solar(watts if watts > 0 else None)
+            if watts > 0:
+                return f"demo: solar fixed at {watts / 1000:g} kW"
+            return "demo: solar follows the time of day again"
+
+        return change
+
+    return {"g": grid, "+": solar(SOLAR_STEP_W), "-": solar(-SOLAR_STEP_W)}
+
+
 def _story(say: _Narrator, house: SimHouse, monitor: Monitor, speed: float) -> int:
-    at_outage = ("Monitor", "Printer", "TV", "Space heater")
+    at_outage = ("Monitor", "Printer", "TV", "Space heater", *house.outlets.keys() & {"NAS plug"})
     say.step("On grid. loadshed reads every device before deciding anything.")
     say.wait("loadshed ready", lambda: monitor.snapshot.started)
 
@@ -76,6 +160,9 @@ def _story(say: _Narrator, house: SimHouse, monitor: Monitor, speed: float) -> i
     say.wait("the 'shed at outage' plugs off", lambda: not any(map(house.is_on, at_outage)))
     say.wait("the shed settled", lambda: not any(row.busy for row in monitor.snapshot.devices))
     say(f"  Off: {', '.join(at_outage)}. Router and Aquarium are essential; the Desk lamp was off.")
+    if house.hosts:
+        downs = ", ".join(f"{n} ({h.shutdowns()[0]!r})" for n, h in house.hosts.items())
+        say(f"  Shut down over SSH first: {downs}; the NAS plug was cut only after the NAS.")
 
     drain_h = (START_BATTERY_PCT - 30) / 100 * house.energy.capacity_wh / house.energy.load_w()
     say.step(
@@ -89,12 +176,17 @@ def _story(say: _Narrator, house: SimHouse, monitor: Monitor, speed: float) -> i
     house.restore_grid()
     shed = (*at_outage, "Dehumidifier", "Freezer")
     say.wait("everything shed back on", lambda: all(map(house.is_on, shed)))
+    if house.hosts:
+        say("  The Workstation gets a Wake-on-LAN packet; the NAS plug stays off 10 s first, so")
+        say("  the NAS's BIOS sees a power loss and boots it ...")
+        say.wait("the computers back up", lambda: all(h.is_up for h in house.hosts.values()))
     say.wait(
         "loadshed's state emptied",
         lambda: not any(row.shed_reason or row.busy for row in monitor.snapshot.devices),
     )
     lamp = "still off, as it was before" if not house.is_on("Desk lamp") else "ON (wrong!)"
-    say(f"  Back on: {', '.join(shed)}. The Desk lamp is {lamp}.")
+    back = (*shed, *house.hosts)
+    say(f"  Back on: {', '.join(back)}. The Desk lamp is {lamp}.")
     say.step("The end. Run `loadshed check` against your own house next (see README).")
     return ExitCode.OK if not house.is_on("Desk lamp") else ExitCode.FAILURE
 

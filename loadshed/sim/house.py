@@ -51,8 +51,8 @@ class TuyaSpec:
 
 def sshd_available() -> bool:
     """Whether this machine can play computers (OpenSSH's sshd and ssh-keygen are installed)."""
-    return SSHD_PATH.exists() and shutil.which("ssh-keygen") is not None and bool(
-        shutil.which("ssh")
+    return (
+        SSHD_PATH.exists() and shutil.which("ssh-keygen") is not None and bool(shutil.which("ssh"))
     )
 
 

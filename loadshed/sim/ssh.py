@@ -35,6 +35,7 @@ import getpass
 import os
 import shlex
 import shutil
+import signal
 import socket
 import subprocess
 import tempfile
@@ -329,9 +330,26 @@ class SshHost:
         self.stop()
 
     def close(self) -> None:
-        """Stop sshd and remove every file made for it."""
+        """Stop sshd, end its sessions still running, and remove every file made for it."""
         self.stop()
+        self._end_sessions()
         shutil.rmtree(self._dir, ignore_errors=True)
+
+    def _end_sessions(self) -> None:
+        """Kill forced commands still running (a hung one whose client was kill -9'd).
+
+        sshd's per-session processes outlive the listener, as on a real host; in a test they
+        would linger until the hang gives up. Ending the command ends its session and client.
+        """
+        marker = str(self._dir).encode()
+        for proc in Path("/proc").iterdir():
+            if not proc.name.isdigit() or int(proc.name) == os.getpid():
+                continue
+            try:
+                if marker in (proc / "cmdline").read_bytes():
+                    os.kill(int(proc.name), signal.SIGKILL)
+            except (OSError, ValueError):
+                continue  # gone already, or not ours to read
 
     def __enter__(self) -> SshHost:
         try:

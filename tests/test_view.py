@@ -1,0 +1,538 @@
+"""The screen as a pure function: each state of the house rendered, and what each key does."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from dataclasses import replace
+
+import pytest
+
+from loadshed.engine import Command, CommandKind, DeviceRow, Snapshot
+from loadshed.model import Grid, GridReading, Kind, Pin, Power, Status, Verb
+from loadshed.view import (
+    KEYS,
+    MIN_HEIGHT,
+    MIN_WIDTH,
+    POWERWALL_2_WH,
+    Confirm,
+    Demo,
+    Line,
+    Span,
+    Style,
+    UiState,
+    ascii_only,
+    duration,
+    estimate,
+    handle_key,
+    render,
+    segments,
+    wants_colour,
+)
+
+NOW = time.mktime((2024, 1, 15, 14, 30, 0, 0, 0, -1))  # 14:30 local time
+MIN = 60.0
+
+
+def row(name: str, rule: int = 100, power: Power | None = Power.ON, **kw: object) -> DeviceRow:
+    kind = kw.pop("kind", Kind.KASA)
+    status = kw.pop("status", Status.OK)
+    return DeviceRow(name, kind, f"192.168.1.{len(name)}:9999", rule, power, status, **kw)  # type: ignore[arg-type]
+
+
+HOUSE = (
+    row("Router", 0),
+    row("Freezer", 30, watts=150.0),
+    row("Space heater", kind=Kind.TUYA, watts=1500.0),
+    row("TV"),
+    row("Desk lamp", power=Power.OFF),
+    row("Aquarium", 0),
+)
+
+
+def snapshot(grid: Grid = Grid.ON, **kw: object) -> Snapshot:
+    reading = kw.pop("reading", None) or GridReading(
+        grid,
+        "SystemGridConnected" if grid is Grid.ON else "SystemIslandedActive",
+        54.0,
+        2700.0,
+        0.0,
+    )
+    defaults: dict[str, object] = {
+        "taken_at": NOW,
+        "reading": reading,
+        "devices": HOUSE,
+        "grid_since": NOW - 30 * MIN,
+        "started": True,
+        "events": ("14:00 ready: 6 devices (2 essential), on grid, battery 54 %",),
+    }
+    defaults.update(kw)
+    return Snapshot(**defaults)  # type: ignore[arg-type]
+
+
+def off_grid(**kw: object) -> Snapshot:
+    shed = {"Space heater", "TV"}
+    devices = tuple(
+        replace(r, power=Power.OFF, shed_reason="off-grid", watts=None) if r.name in shed else r
+        for r in HOUSE
+    )
+    defaults: dict[str, object] = {
+        "devices": devices,
+        "grid_since": NOW - 12 * MIN,
+        "outage_since": NOW - 12 * MIN,
+        "events": ("14:18 grid lost (SystemIslandedActive), battery 60 %", "14:18 TV: off"),
+    }
+    defaults.update(kw)
+    return snapshot(Grid.OFF, **defaults)
+
+
+def text(lines: list[Line]) -> str:
+    return "\n".join(line.text for line in lines)
+
+
+def line_with(lines: list[Line], needle: str) -> str:
+    found = [line.text for line in lines if needle in line.text]
+    assert found, f"no line with {needle!r} in:\n{text(lines)}"
+    return found[0]
+
+
+def assert_fits(lines: list[Line], width: int, height: int) -> None:
+    assert len(lines) == height
+    for line in lines:
+        assert len(line.text) <= width, line.text
+        for span in line.spans:
+            assert 0 <= span.start < span.end <= len(line.text), (span, line.text)
+
+
+# --- each state of the house --------------------------------------------------------------------
+
+
+def test_on_grid_says_so_in_words_and_colour() -> None:
+    lines = render(snapshot(), UiState(), 100, 30)
+    assert_fits(lines, 100, 30)
+    grid = next(line for line in lines if "on grid" in line.text)
+    assert grid.text.startswith("● on grid since 14:00")
+    assert any(s.style is Style.OK for s in grid.spans)
+    assert "battery [███████████░░░░░░░░░]  54 %   load 2.7 kW   solar 0.0 kW" in text(lines)
+    assert "  on battery ≈ 2 h 42 min at 2.7 kW" in text(lines)
+    assert "nothing shed" in text(lines)
+    assert "SHED" not in text(lines)
+    assert line_with(lines, "Space heater").split()[2:6] == [
+        "tuya",
+        "192.168.1.12:9999",
+        "on,",
+        "1500",
+    ]
+    assert line_with(lines, "Router").rstrip().endswith("essential")
+    assert "shed below 30 %" in line_with(lines, "Freezer")
+    assert lines[-1].text.startswith(" s shed  r restore")
+
+
+def test_off_grid_shows_the_outage_what_is_shed_and_why() -> None:
+    lines = render(off_grid(), UiState(), 100, 30)
+    assert_fits(lines, 100, 30)
+    grid = line_with(lines, "OFF GRID")
+    assert grid == "● OFF GRID — on battery for 12 min, since 14:18"
+    assert next(line for line in lines if "OFF GRID" in line.text).spans[0].style is Style.BAD
+    heater = line_with(lines, "Space heater")
+    assert " off " in heater and heater.rstrip().endswith("SHED off-grid")
+    assert "SHED" not in line_with(lines, "Desk lamp")  # off before the outage: not ours
+    assert "2 switched off by loadshed" in text(lines)
+    assert "time left ≈ 2 h 42 min at 2.7 kW" in text(lines)
+    assert "14:18 TV: off" in text(lines)
+
+
+def test_a_shed_device_says_shed_in_words_not_only_in_colour() -> None:
+    lines = render(off_grid(), UiState(), 100, 30)
+    heater = next(line for line in lines if "Space heater" in line.text)
+    shed = [s for s in heater.spans if s.style is Style.SHED]
+    assert [heater.text[s.start : s.end] for s in shed] == ["SHED off-grid"]
+
+
+@pytest.mark.parametrize(
+    ("snap", "expected"),
+    [
+        pytest.param(
+            snapshot(restore_at=NOW + 42, outage_since=NOW - 40 * MIN),
+            "restoring in 42 s",
+            id="restore-countdown",
+        ),
+        pytest.param(
+            off_grid(shed_at=NOW + 11.2), "shedding in 12 s", id="outage-confirm-rounds-up"
+        ),
+        pytest.param(snapshot(hold=True), "held off by a forced shed: r restores", id="hold"),
+        pytest.param(
+            off_grid(paused=True),
+            "shedding paused by a forced restore until the grid is back",
+            id="paused",
+        ),
+        pytest.param(snapshot(dry_run=True), "DRY RUN: nothing is switched", id="dry-run"),
+        pytest.param(snapshot(started=False), "starting: reading the Powerwall", id="starting"),
+    ],
+)
+def test_timers_and_modes_are_said(snap: Snapshot, expected: str) -> None:
+    lines = render(snap, UiState(), 100, 30)
+    assert_fits(lines, 100, 30)
+    assert expected in text(lines)
+
+
+def test_the_countdown_follows_now_not_the_snapshot() -> None:
+    snap = snapshot(restore_at=NOW + 42)
+    assert "restoring in 30 s" in text(render(snap, UiState(), 100, 30, now=NOW + 12))
+
+
+def test_unknown_says_since_when_and_why_and_that_nothing_is_done() -> None:
+    reading = GridReading(Grid.UNKNOWN, detail="no answer in 5 s", status=Status.UNREACHABLE)
+    lines = render(snapshot(reading=reading, unknown_since=NOW - 5 * MIN), UiState(), 100, 30)
+    assert_fits(lines, 100, 30)
+    grid = line_with(lines, "unknown")
+    assert grid.startswith("? unknown: Powerwall unreachable since 14:25 — no answer in 5 s")
+    assert "nothing is shed or restored while the grid is unknown" in text(lines)
+    assert "battery unknown" in text(lines)
+    assert "unknown (no battery or load reading)" in text(lines)
+
+
+def test_an_unknown_grid_state_is_shown_raw() -> None:
+    reading = GridReading(Grid.UNKNOWN, "SystemSomethingNew", 70.0, 900.0, 0.0)
+    lines = render(snapshot(reading=reading, unknown_since=NOW - MIN), UiState(), 100, 30)
+    assert "unknown: the Powerwall says SystemSomethingNew since 14:29" in text(lines)
+
+
+def test_a_refusing_powerwall_is_not_called_unreachable() -> None:
+    reading = GridReading(Grid.UNKNOWN, detail="wrong password", status=Status.FAILED)
+    lines = render(snapshot(reading=reading, unknown_since=NOW), UiState(), 100, 30)
+    assert "unknown: Powerwall refused since 14:30 — wrong password" in text(lines)
+
+
+def test_failed_and_unreachable_devices_say_why() -> None:
+    devices = (
+        row("Heater", status=Status.FAILED, detail="wrong local key", kind=Kind.TUYA),
+        row("TV", status=Status.UNREACHABLE, detail="no answer in 3 s"),
+        row("NAS", kind=Kind.LINUX, busy=Verb.SHED),
+        row("iMac", kind=Kind.MACOS, power=Power.OFF, busy=Verb.RESTORE),
+        row("Plug", busy=Verb.SHED),
+        row("New", power=None, status=None),
+    )
+    lines = render(snapshot(devices=devices), UiState(), 100, 30)
+    assert_fits(lines, 100, 30)
+    assert "failed: wrong local key" in line_with(lines, "Heater")
+    assert "unreachable: no answer in 3 s" in line_with(lines, "TV ")
+    assert "shutting down" in line_with(lines, "NAS")
+    assert "waking" in line_with(lines, "iMac")
+    assert "switching off" in line_with(lines, "Plug")
+    assert "not read yet" in line_with(lines, "New")
+    failed = next(line for line in lines if "Heater" in line.text)
+    assert any(s.style is Style.BAD for s in failed.spans)
+
+
+def test_the_selected_device_gets_a_detail_line_with_what_its_cells_cut() -> None:
+    long = "no answer in 3 s; the plug may be off its Wi-Fi or on another subnet"
+    devices = (row("Router", 0), row("Heater", status=Status.UNREACHABLE, detail=long))
+    lines = render(snapshot(devices=devices), UiState(selected="Heater"), 200, 30)
+    assert line_with(lines, "▸ Heater:").startswith(
+        f"  ▸ Heater: kasa at 192.168.1.6:9999 · unreachable: {long}"
+    )
+    selected = next(line for line in lines if line.text.startswith("▸ Heater"))
+    assert selected.style is Style.SELECTED and len(selected.text) == 200
+
+
+def test_pinned_devices_show_their_pin() -> None:
+    devices = (row("Router", 0, pin=Pin.OFF), row("Heater", pin=Pin.ON), row("TV"))
+    lines = render(snapshot(devices=devices), UiState(selected="Heater"), 100, 30)
+    assert "pin: keep off" in line_with(lines, "Router")
+    assert "pin: keep on" in line_with(lines, "Heater ")
+    assert "shed at outage" in line_with(lines, "TV")
+    assert "pinned: keep on" in line_with(lines, "▸ Heater:")
+
+
+# --- sizes -------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("width", "height"), [(80, 24), (100, 30), (MIN_WIDTH, MIN_HEIGHT)])
+def test_every_size_from_the_least_up_fits_and_shows_the_essentials(
+    width: int, height: int
+) -> None:
+    snap = off_grid(restore_at=None, shed_at=None)
+    lines = render(snap, UiState(selected="TV"), width, height)
+    assert_fits(lines, width, height)
+    screen = text(lines)
+    assert "OFF GRID" in screen and "56 %" not in screen and "54 %" in screen
+    assert "SHED off-grid" in line_with(lines, "▸ TV")
+    assert lines[-1].text.startswith(" s shed")
+    assert "q quit" in lines[-1].text
+
+
+def test_80_columns_keep_every_device_and_its_shed_mark() -> None:
+    lines = render(off_grid(), UiState(), 80, 24)
+    for device in HOUSE:
+        assert device.name in text(lines)
+    assert line_with(lines, "Space heater").rstrip().endswith("SHED off-grid")
+
+
+def test_too_many_devices_scroll_to_keep_the_selection_in_view() -> None:
+    devices = tuple(row(f"Plug {n:02d}") for n in range(30))
+    lines = render(snapshot(devices=devices), UiState(selected="Plug 25"), 80, 24)
+    assert_fits(lines, 80, 24)
+    assert "▸ Plug 25" in text(lines)
+    assert "Plug 00" not in text(lines)
+    assert "devices " in line_with(lines, "─ events")
+
+
+@pytest.mark.parametrize(("width", "height"), [(60, 20), (80, 10), (20, 3)])
+def test_too_small_says_so_and_still_says_the_grid(width: int, height: int) -> None:
+    lines = render(off_grid(), UiState(), width, height)
+    assert len(lines) <= height
+    assert all(len(line.text) <= width for line in lines)
+    if width >= 60:
+        assert lines[0].text.startswith("loadshed: OFF GRID")
+        assert f"The window is {width}x{height}; the screen needs 70x14." in text(lines)
+
+
+def test_too_small_still_shows_a_question_waiting() -> None:
+    lines = render(off_grid(), UiState(confirm=Confirm.QUIT), 60, 20)
+    assert "Quit?" in lines[-1].text and lines[-1].style is Style.PROMPT
+
+
+# --- colour, glyphs ------------------------------------------------------------------------------
+
+
+def test_no_color_turns_colour_off_but_keeps_bold_and_reverse() -> None:
+    assert not wants_colour({"NO_COLOR": "1"})
+    assert wants_colour({"NO_COLOR": ""})  # set but empty: colour (no-color.org)
+    assert wants_colour({})
+    lines = render(off_grid(), UiState(selected="TV"), 100, 30)
+    for line in lines:
+        for _, _, look in segments(line, colour=False):
+            assert look.colour is None
+    looks = {
+        line.text[x : x + len(part)]: look
+        for line in lines
+        for x, part, look in segments(line, colour=False)
+    }
+    assert looks["● OFF GRID — on battery for 12 min, since 14:18"].bold
+    assert any(look.reverse for part, look in looks.items() if part.startswith("▸ TV"))
+    coloured = {part: look for line in lines for _, part, look in segments(line, colour=True)}
+    assert coloured["● OFF GRID — on battery for 12 min, since 14:18"].colour == "red"
+
+
+def test_segments_lay_spans_over_the_line() -> None:
+    line = Line("ab SHED cd", Style.SELECTED, (Span(3, 7, Style.SHED),))
+    runs = segments(line, colour=True)
+    assert [(x, part) for x, part, _ in runs] == [(0, "ab "), (3, "SHED"), (7, " cd")]
+    assert runs[1][2].colour == "magenta" and runs[1][2].reverse and runs[1][2].bold
+    assert not runs[0][2].bold and runs[0][2].reverse
+
+
+def test_ascii_terminals_get_ascii_only() -> None:
+    lines = render(off_grid(), UiState(unicode=False, demo=Demo(60, 18.5)), 100, 30)
+    assert all(line.text.isascii() for line in lines)
+    assert "* OFF GRID - on battery" in text(lines)
+    assert "[###########.........]" in text(lines)
+    assert ascii_only("ANSI_X3.4-1968") and not ascii_only("UTF-8") and not ascii_only("utf8")
+
+
+def test_render_is_pure() -> None:
+    snap, ui = off_grid(restore_at=NOW + 42), UiState(selected="TV", message="hello")
+    assert render(snap, ui, 100, 30) == render(snap, ui, 100, 30)
+
+
+# --- time left -----------------------------------------------------------------------------
+
+
+def test_time_left_is_charge_over_drain_and_counts_what_a_shed_would_save() -> None:
+    reading = GridReading(Grid.OFF, "SystemIslandedActive", 50.0, 2700.0, 0.0)
+    devices = (row("Router", 0, watts=15.0), row("Heater", watts=1350.0), row("Lamp"))
+    guess = estimate(snapshot(reading=reading, devices=devices), 13_500.0)
+    assert guess is not None
+    assert guess.hours == pytest.approx(2.5)
+    assert guess.shed_hours == pytest.approx(5.0)  # 2700 - 1350 W; the router is essential
+    assert (guess.sheddable, guess.unmetered) == (2, 1)  # the lamp's draw is not known
+
+
+def test_solar_reduces_the_drain_and_covering_the_load_is_not_draining() -> None:
+    cloudy = GridReading(Grid.OFF, "SystemIslandedActive", 50.0, 2700.0, 1350.0)
+    guess = estimate(snapshot(reading=cloudy, devices=()), 13_500.0)
+    assert guess is not None and guess.hours == pytest.approx(5.0) and guess.shed_hours is None
+    sunny = replace(cloudy, solar_w=3000.0)
+    lines = render(snapshot(reading=sunny), UiState(), 100, 30)
+    assert "as long as the sun lasts: solar covers the load" in text(lines)
+
+
+def test_time_left_says_its_assumption_unless_the_capacity_is_known() -> None:
+    assumed = render(off_grid(), UiState(), 100, 30)
+    assert f"({POWERWALL_2_WH / 1000:g} kWh assumed)" in text(assumed)
+    known = render(off_grid(), UiState(capacity_wh=27_000.0), 100, 30)
+    assert "kWh assumed" not in text(known)
+    assert "time left ≈ 5 h 24 min at 2.7 kW" in text(known)
+
+
+def test_unmetered_sheddable_devices_make_the_estimate_a_lower_bound() -> None:
+    lines = render(snapshot(), UiState(capacity_wh=13_500.0), 100, 30)
+    assert "≥ " in line_with(lines, "with all sheddable off")  # the TV reports no watts
+
+
+@pytest.mark.parametrize(
+    ("seconds", "said"),
+    [
+        (0, "0 s"),
+        (42, "42 s"),
+        (60, "1 min"),
+        (3599, "59 min"),
+        (3600, "1 h"),
+        (9900, "2 h 45 min"),
+        (50 * 3600, "2 d 2 h"),
+    ],
+)
+def test_durations_read_at_a_glance(seconds: float, said: str) -> None:
+    assert duration(seconds) == said
+
+
+# --- the demo, help, prompts ---------------------------------------------------------------------
+
+
+def test_the_demo_says_it_is_a_demo_with_its_clock_and_speed() -> None:
+    ui = UiState(demo=Demo(speed=60, hour=18.5, solar_w=2000.0), capacity_wh=13_500)
+    lines = render(snapshot(), ui, 100, 30)
+    title = lines[0]
+    assert title.text.startswith(" loadshed  DEMO  house clock 18:30 · 60x real time")
+    assert "solar fixed 2.0 kW" in title.text and title.text.endswith("14:30 ")
+    assert any(title.text[s.start : s.end] == "DEMO" for s in title.spans)
+    assert "g grid" in lines[-1].text and "+- solar" in lines[-1].text
+    assert "g grid" not in render(snapshot(), UiState(), 100, 30)[-1].text
+
+
+def test_help_is_generated_from_the_keys_table() -> None:
+    plain = text(render(snapshot(), UiState(help=True), 100, 30))
+    demo = text(render(snapshot(), UiState(help=True, demo=Demo(60, 18)), 100, 30))
+    for key in KEYS:
+        assert (key.does in demo) and ((key.does in plain) is not key.demo)
+    assert "time left: charge x 13.5 kWh assumed (one Powerwall 2) / (load - solar)" in plain
+
+
+@pytest.mark.parametrize(
+    ("question", "words"),
+    [
+        (Confirm.SHED, "Force a shed now?"),
+        (Confirm.RESTORE, "Force a restore now?"),
+        (Confirm.QUIT, "quitting does not restore"),
+    ],
+)
+def test_a_question_waits_above_the_keys(question: Confirm, words: str) -> None:
+    lines = render(off_grid(), UiState(confirm=question), 80, 24)
+    assert_fits(lines, 80, 24)
+    assert words in lines[-2].text and "y/n" in lines[-2].text
+    assert lines[-2].style is Style.PROMPT
+
+
+def test_quitting_says_switches_may_finish() -> None:
+    lines = render(off_grid(), UiState(quitting=True), 80, 24)
+    assert "stopping: switches in flight may finish (at most 10 s)" in lines[-2].text
+
+
+# --- keys ----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("key", "question", "kind"),
+    [
+        ("s", Confirm.SHED, CommandKind.FORCE_SHED),
+        ("r", Confirm.RESTORE, CommandKind.FORCE_RESTORE),
+    ],
+)
+def test_shed_and_restore_ask_first_and_y_does_it(
+    key: str, question: Confirm, kind: CommandKind
+) -> None:
+    asked = handle_key(key, UiState(), snapshot())
+    assert asked.ui.confirm is question and asked.command is None
+    done = handle_key("y", asked.ui, snapshot())
+    assert done.command == Command(kind) and done.ui.confirm is None
+    assert "asked" in done.ui.message
+
+
+@pytest.mark.parametrize("answer", ["n", "escape", "q", " "])
+def test_anything_but_y_is_no(answer: str) -> None:
+    result = handle_key(answer, UiState(confirm=Confirm.SHED), snapshot())
+    assert result.command is None and not result.quit and result.ui.confirm is None
+    assert result.ui.message == "shed: not done"
+
+
+def test_q_quits_at_once_when_nothing_is_shed() -> None:
+    result = handle_key("q", UiState(), snapshot())
+    assert result.quit and result.ui.quitting
+
+
+def test_q_asks_when_something_is_shed_because_quitting_does_not_restore() -> None:
+    asked = handle_key("q", UiState(), off_grid())
+    assert not asked.quit and asked.ui.confirm is Confirm.QUIT
+    assert handle_key("y", asked.ui, off_grid()).quit
+    assert not handle_key("n", asked.ui, off_grid()).quit
+
+
+def test_arrows_and_jk_move_the_selection_within_the_table() -> None:
+    ui, snap = UiState(), snapshot()
+    for key in ("down", "j", "j"):
+        ui = handle_key(key, ui, snap).ui
+    assert ui.selected == "TV"
+    ui = handle_key("k", ui, snap).ui
+    assert ui.selected == "Space heater"
+    assert handle_key("end", ui, snap).ui.selected == "Aquarium"
+    assert handle_key("up", UiState(), snap).ui.selected == "Router"  # clamps at the top
+    assert handle_key("down", UiState(selected="Aquarium"), snap).ui.selected == "Aquarium"
+
+
+def test_the_selection_follows_its_device_when_rows_move() -> None:
+    ui = UiState(selected="TV")
+    moved = snapshot(devices=tuple(reversed(HOUSE)))
+    assert handle_key("j", ui, moved).ui.selected == "Space heater"
+
+
+@pytest.mark.parametrize(("pin", "next_pin"), [(None, Pin.ON), (Pin.ON, Pin.OFF), (Pin.OFF, None)])
+def test_space_cycles_the_pin_keep_on_keep_off_automatic(
+    pin: Pin | None, next_pin: Pin | None
+) -> None:
+    snap = snapshot(devices=(row("Router", 0), row("Heater", pin=pin)))
+    result = handle_key(" ", UiState(selected="Heater"), snap)
+    assert result.command == Command(CommandKind.PIN, device="Heater", pin=next_pin)
+    assert result.ui.message.startswith("Heater: ")
+
+
+def test_help_opens_and_any_key_closes_it_without_acting() -> None:
+    opened = handle_key("?", UiState(), snapshot()).ui
+    assert opened.help
+    closed = handle_key("s", opened, snapshot())
+    assert not closed.ui.help and closed.ui.confirm is None and closed.command is None
+
+
+def test_demo_keys_only_in_the_demo() -> None:
+    assert handle_key("g", UiState(), snapshot()).demo is None
+    demo = UiState(demo=Demo(60, 18))
+    assert [handle_key(k, demo, snapshot()).demo for k in ("g", "+", "=", "-")] == [
+        "g",
+        "+",
+        "+",
+        "-",
+    ]
+
+
+def test_unknown_keys_do_nothing_but_clear_the_message() -> None:
+    result = handle_key("Z", UiState(message="old news"), snapshot())
+    assert result == type(result)(UiState())
+
+
+def test_no_key_acts_while_quitting() -> None:
+    result = handle_key("s", UiState(quitting=True), snapshot())
+    assert result.command is None and result.ui.confirm is None
+
+
+def test_plain_mode_never_imports_curses() -> None:
+    """Only ui.py imports curses, and only the screen's code paths import ui.py."""
+    code = (
+        "import sys\n"
+        "import loadshed.cli, loadshed.daemon, loadshed.demo, loadshed.view\n"
+        "print(sorted(m for m in sys.modules if 'curses' in m or m == 'loadshed.ui'))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
+    )
+    assert done.stdout.strip() == "[]"
