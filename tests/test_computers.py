@@ -74,7 +74,7 @@ def test_shipped_computers_txt_is_all_comments() -> None:
 def test_options_in_any_order_and_quoted_command() -> None:
     (c,) = parse_computers(
         'linux nas command="sudo -n /sbin/poweroff --force" name="Big NAS" port=2200 '
-        "wake_to=192.168.7.255 mac=001122334455 shed_below=0\n",
+        "wake_to=192.0.2.255 mac=001122334455 shed_below=0\n",
         PATH,
     )
     assert c.command == ("sudo", "-n", "/sbin/poweroff", "--force")
@@ -82,7 +82,7 @@ def test_options_in_any_order_and_quoted_command() -> None:
     assert (c.name, c.port, c.wake_to, c.mac, c.shed_below, c.user) == (
         "Big NAS",
         2200,
-        "192.168.7.255",
+        "192.0.2.255",
         "00:11:22:33:44:55",
         0,
         None,
@@ -159,7 +159,7 @@ def test_missing_file_is_no_computers_unless_asked_for(tmp_path: Path) -> None:
             "wake_to='nas' is not an IPv4",
             id="wake",
         ),
-        pytest.param("linux host wake_to=192.168.1.255", "wake_to= without mac=", id="wake-no-mac"),
+        pytest.param("linux host wake_to=192.0.2.255", "wake_to= without mac=", id="wake-no-mac"),
         pytest.param('linux host powered_by=""', "powered_by= is empty", id="powered-empty"),
     ],
 )
@@ -185,6 +185,6 @@ def test_same_host_twice_is_a_duplicate() -> None:
 
 
 def test_ipv6_and_ip_hosts() -> None:
-    first, second = parse_computers("linux root@192.168.1.9\nlinux ::1 name=six\n", PATH)
-    assert first.host == "192.168.1.9"
+    first, second = parse_computers("linux root@192.0.2.9\nlinux ::1 name=six\n", PATH)
+    assert first.host == "192.0.2.9"
     assert second.host == "::1"

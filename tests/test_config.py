@@ -16,7 +16,7 @@ from loadshed.errors import ConfigError
 ROOT = Path(__file__).parent.parent
 SECRET = "hunter2-very-secret"
 
-MINIMAL = f'PWIPNAME = "192.168.1.50"\nPWPASS = "{SECRET}"\n'
+MINIMAL = f'PWIPNAME = "192.0.2.50"\nPWPASS = "{SECRET}"\n'
 
 
 def write(tmp_path: Path, text: str) -> Path:
@@ -36,7 +36,7 @@ def error_of(tmp_path: Path, text: str, env: dict[str, str] | None = None) -> st
 
 def test_minimal_config_gets_design_defaults(tmp_path: Path) -> None:
     config = load_config(write(tmp_path, MINIMAL), {})
-    assert config.powerwall == HostPort("192.168.1.50")
+    assert config.powerwall == HostPort("192.0.2.50")
     assert config.powerwall_password == SECRET
     assert (config.poll_s, config.outage_confirm_s, config.restore_after_s) == (2.0, 0.0, 60.0)
     assert config.default_shed_below == 100
@@ -52,23 +52,23 @@ def test_the_shipped_example_loads(tmp_path: Path) -> None:
     shutil.copy(ROOT / "config.example.py", path)
     path.chmod(0o600)
     config = load_config(path, {})
-    assert config.powerwall.host == "192.168.1.50"
+    assert config.powerwall.host == "192.0.2.50"
     assert config.shed_below["Router"] == 0
     assert [d.name for d in config.tuya_devices] == ["Space heater"]
 
 
 def test_full_config_is_typed(tmp_path: Path) -> None:
     text = MINIMAL + (
-        'KASA_HOSTS = ["192.168.1.20", "192.168.1.21:9999"]\n'
+        'KASA_HOSTS = ["192.0.2.20", "192.0.2.21:9999"]\n'
         "POLL_SECONDS = 5\n"
-        'TUYA_DEVICES = [{"name": "Heater", "id": "abc", "ip": "192.168.1.30",'
+        'TUYA_DEVICES = [{"name": "Heater", "id": "abc", "ip": "192.0.2.30",'
         ' "key": "0123456789abcdef", "version": 3.4, "dps": 2}]\n'
         'SHED_BELOW = {"Freezer": 30, "Router": 0}\n'
         'STATE_DIR = "~/loadshed-state"\n'
         "SMTP_STARTTLS = False\n"
     )
     config = load_config(write(tmp_path, text), {})
-    assert config.kasa_hosts == (HostPort("192.168.1.20"), HostPort("192.168.1.21", 9999))
+    assert config.kasa_hosts == (HostPort("192.0.2.20"), HostPort("192.0.2.21", 9999))
     assert config.poll_s == 5.0
     (heater,) = config.tuya_devices
     assert (heater.name, heater.version, heater.port, heater.dps) == ("Heater", 3.4, 6668, 2)
@@ -143,7 +143,7 @@ def test_unknown_name_is_an_error_with_the_closest_name(
         pytest.param("DEFAULT_SHED_BELOW = 120", "expected a whole number from 0 to 100", id="pct"),
         pytest.param("SMTP_PORT = 70000", "SMTP_PORT is 70000", id="port"),
         pytest.param("SMTP_STARTTLS = 'yes'", "expected True or False", id="bool"),
-        pytest.param('KASA_HOSTS = "192.168.1.20"', "expected a list of", id="hosts-not-list"),
+        pytest.param('KASA_HOSTS = "192.0.2.20"', "expected a list of", id="hosts-not-list"),
         pytest.param('KASA_HOSTS = ["host:99999"]', "port '99999' is not a number", id="kasa-port"),
         pytest.param('SHED_BELOW = {"Freezer": "30"}', "SHED_BELOW['Freezer'] is '30'", id="rule"),
         pytest.param('PWIPNAME = "has space"', "PWIPNAME is 'has space'", id="pw-host"),
@@ -170,7 +170,7 @@ def test_required_values(tmp_path: Path) -> None:
     assert "PWPASS is not set" in message and "LOADSHED_PWPASS" in message
 
 
-TUYA_OK = '"name": "Heater", "id": "abc", "ip": "192.168.1.30", "key": "0123456789abcdef"'
+TUYA_OK = '"name": "Heater", "id": "abc", "ip": "192.0.2.30", "key": "0123456789abcdef"'
 
 
 @pytest.mark.parametrize(

@@ -38,7 +38,7 @@ MIN = 60.0
 def row(name: str, rule: int = 100, power: Power | None = Power.ON, **kw: object) -> DeviceRow:
     kind = kw.pop("kind", Kind.KASA)
     status = kw.pop("status", Status.OK)
-    return DeviceRow(name, kind, f"192.168.1.{len(name)}:9999", rule, power, status, **kw)  # type: ignore[arg-type]
+    return DeviceRow(name, kind, f"192.0.2.{len(name)}:9999", rule, power, status, **kw)  # type: ignore[arg-type]
 
 
 HOUSE = (
@@ -120,7 +120,7 @@ def test_on_grid_says_so_in_words_and_colour() -> None:
     assert "SHED" not in text(lines)
     assert line_with(lines, "Space heater").split()[2:6] == [
         "tuya",
-        "192.168.1.12:9999",
+        "192.0.2.12:9999",
         "on,",
         "1500",
     ]
@@ -231,7 +231,7 @@ def test_the_selected_device_gets_a_detail_line_with_what_its_cells_cut() -> Non
     devices = (row("Router", 0), row("Heater", status=Status.UNREACHABLE, detail=long))
     lines = render(snapshot(devices=devices), UiState(selected="Heater"), 200, 30)
     assert line_with(lines, "▸ Heater:").startswith(
-        f"  ▸ Heater: kasa at 192.168.1.6:9999 · unreachable: {long}"
+        f"  ▸ Heater: kasa at 192.0.2.6:9999 · unreachable: {long}"
     )
     selected = next(line for line in lines if line.text.startswith("▸ Heater"))
     assert selected.style is Style.SELECTED and len(selected.text) == 200

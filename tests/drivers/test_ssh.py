@@ -292,7 +292,7 @@ def test_preflight_names_the_fix(host: SshHost, fault: str, status: Status, expe
 def test_preflight_sudo_refused_without_a_message() -> None:
     """sudo -l for a command the policy does not allow exits 1 and prints nothing."""
     computer = Computer(Kind.SOLARIS, host="sunbox", name="sunbox", port=22, user="root")
-    done = Finished(1, "", 'Authenticated to sunbox ([10.0.0.5]:22) using "publickey".\n')
+    done = Finished(1, "", 'Authenticated to sunbox ([192.0.2.5]:22) using "publickey".\n')
 
     outcome = ssh.preflight_outcome(computer, ssh.preflight_command(computer), done)
 

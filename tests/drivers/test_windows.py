@@ -33,7 +33,7 @@ from loadshed.sim.ssh import SshHost
 pytestmark = pytest.mark.timeout(30)
 
 PASSWORD = "correct-horse-battery-staple"
-GAMEPC = Computer(Kind.WINDOWS, host="192.168.1.40", name="Game PC", port=445, user="shutdownuser")
+GAMEPC = Computer(Kind.WINDOWS, host="192.0.2.40", name="Game PC", port=445, user="shutdownuser")
 TIMEOUT_S = 5.0
 HANG_TIMEOUT_S = 1.0
 HANG_CEILING_S = HANG_TIMEOUT_S + 2.0  # kill and reap included
@@ -74,7 +74,7 @@ def run(computer: Computer = GAMEPC, **kwargs: object) -> Outcome:
 def test_from_a_windows_monitor() -> None:
     argv, env = build_command(GAMEPC, platform="win32", password=PASSWORD)
 
-    assert argv == ["shutdown", "/s", "/f", "/t", "0", "/m", "\\\\192.168.1.40"]
+    assert argv == ["shutdown", "/s", "/f", "/t", "0", "/m", "\\\\192.0.2.40"]
     assert env == {}
 
 
@@ -83,7 +83,7 @@ def test_from_linux_the_password_goes_in_the_environment() -> None:
 
     assert argv == [
         "net", "rpc", "shutdown", "-f", "-t", "0", "-C", "loadshed: power outage",
-        "-I", "192.168.1.40", "-U", "shutdownuser",
+        "-I", "192.0.2.40", "-U", "shutdownuser",
     ]  # fmt: skip
     assert env == {"PASSWD": PASSWORD}
     assert not any(PASSWORD in word for word in argv)
@@ -151,7 +151,7 @@ def test_no_password_runs_nothing(tools: Path) -> None:
     ("answer", "status", "detail"),
     [
         pytest.param(
-            "echo 'Could not connect to server 192.168.1.40' >&2\n"
+            "echo 'Could not connect to server 192.0.2.40' >&2\n"
             "echo 'Connection failed: NT_STATUS_LOGON_FAILURE' >&2\nexit 255\n",
             Status.FAILED,
             LOGIN_REJECTED,
@@ -204,9 +204,7 @@ def test_a_hung_net_is_killed_with_its_children(tools: Path) -> None:
 
 
 def test_from_a_windows_monitor_network_path_not_found(tools: Path) -> None:
-    stand_in(
-        tools, "shutdown", "echo '192.168.1.40: The network path was not found.(53)'\nexit 53\n"
-    )
+    stand_in(tools, "shutdown", "echo '192.0.2.40: The network path was not found.(53)'\nexit 53\n")
 
     outcome = run(platform="win32")
 

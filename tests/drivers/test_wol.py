@@ -72,10 +72,10 @@ def test_wake_refuses_what_it_cannot_send(listener: socket.socket, mac: str, to:
     ("address", "expected"),
     [
         ("255.255.255.255", True),
-        ("192.168.1.255", True),
-        ("10.0.0.255", True),
+        ("192.0.2.255", True),
+        ("192.0.2.255", True),
         ("127.0.0.1", False),
-        ("192.168.1.20", False),
+        ("192.0.2.20", False),
         ("::1", False),
     ],
 )

@@ -49,7 +49,7 @@ def sim(sim_loop: LoopThread, site: SiteState) -> Iterator[PowerwallSim]:
 
 def test_refuses_to_bind_outside_loopback(site: SiteState) -> None:
     with pytest.raises(ValueError, match=r"127\.0\.0\.0/8"):
-        PowerwallSim(site, PASSWORD, host="192.168.1.50")
+        PowerwallSim(site, PASSWORD, host="192.0.2.50")
 
 
 def test_certificate_files_do_not_outlive_construction(

@@ -194,7 +194,7 @@ def test_hangs_up_on_garbage(sim_loop: LoopThread, started: list[TuyaPlugSim]) -
 
 def test_binds_loopback_only() -> None:
     with pytest.raises(ValueError, match=r"127\.0\.0\.0/8"):
-        TuyaPlugSim(DEV_ID, KEY, [Outlet("Heater", 1.0)], host="192.168.1.20")
+        TuyaPlugSim(DEV_ID, KEY, [Outlet("Heater", 1.0)], host="192.0.2.20")
 
 
 @pytest.mark.parametrize(
