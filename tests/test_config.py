@@ -52,7 +52,7 @@ def test_the_shipped_example_loads(tmp_path: Path) -> None:
     shutil.copy(ROOT / "config.example.py", path)
     path.chmod(0o600)
     config = load_config(path, {})
-    assert config.powerwall.host == "192.0.2.50"
+    assert f'PWIPNAME = "{config.powerwall}"' in (ROOT / "config.example.py").read_text()
     assert config.shed_below["Router"] == 0
     assert [d.name for d in config.tuya_devices] == ["Space heater"]
 
