@@ -21,11 +21,11 @@ import queue
 import time
 import traceback
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass, field, replace
 from enum import Enum
 from pathlib import Path
-from typing import Final
+from typing import Any, Final
 
 from loadshed import policy
 from loadshed.computers import Computer
@@ -238,13 +238,13 @@ class Engine:
     async def _poll_loop(self) -> None:
         while True:
             started = self.clock()
-            await self.poll()
+            await _survive(self.poll(), "polling")
             await asyncio.sleep(max(0.0, self.config.poll_s - (self.clock() - started)))
 
     async def _refresh_loop(self) -> None:
         while True:
             await asyncio.sleep(DEVICE_REFRESH_S)
-            await self.refresh()
+            await _survive(self.refresh(), "reading the devices")
 
     async def poll(self) -> None:
         """Read the grid once, decide, dispatch, publish."""
@@ -664,6 +664,14 @@ class Engine:
         )
         if self._on_snapshot is not None:
             self._on_snapshot(self.snapshot)
+
+
+async def _survive(step: Coroutine[Any, Any, None], what: str) -> None:
+    """Run one step of a loop; a bug in it is logged, and the loop goes on (never stops)."""
+    try:
+        await step
+    except Exception:
+        _LOG.exception("loadshed hit a bug while %s; carrying on", what)
 
 
 def _event_kind(verb: Verb, reason: str) -> EventKind:
