@@ -16,6 +16,7 @@ Must not: block the loop on a device; act on an unknown grid; raise out of `run`
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import queue
 import time
@@ -163,6 +164,8 @@ class Engine:
         self._tasks: set[asyncio.Task[None]] = set()
         self._inflight: dict[str, tuple[Action, asyncio.Task[None]]] = {}
         self._started_switching: set[str] = set()  # in flight and past their dependencies
+        self._deferred: dict[str, Action] = {}  # forced actions waiting for a busy device
+        self._closing = False
         self._recent: list[str] = []
         self._grid_since_wall: float | None = None
         self._outage_since_wall: float | None = None
@@ -207,6 +210,7 @@ class Engine:
 
     async def close(self) -> None:
         """Let switches in flight finish (bounded), write the state, release everything."""
+        self._closing = True
         if self._tasks:
             await asyncio.wait(list(self._tasks), timeout=QUIT_WAIT_S)
         self._flush()
@@ -332,11 +336,21 @@ class Engine:
                 replace(self.state, hold=decision.memory.hold, paused=decision.memory.paused)
             )
         self.memory = decision.memory
+        self._start(decision.actions, battery_pct, forced=forced)
+
+    def _start(self, actions: Sequence[Action], battery_pct: float | None, *, forced: bool) -> None:
+        """Start the actions whose device is free (and, unless forced, past its back-off)."""
         now = self.clock()
         ready: list[tuple[Action, Device]] = []
-        for action in decision.actions:
+        for action in actions:
             device = self.registry.devices.get(action.device)
-            if device is None or device.busy is not None or (now < device.retry_at and not forced):
+            if device is None:
+                continue
+            if device.busy is not None:
+                if forced and device.busy is not action.verb:
+                    self._defer(action)
+                continue
+            if now < device.retry_at and not forced:
                 continue
             ready.append((action, device))
         if not ready:
@@ -358,7 +372,23 @@ class Engine:
                 task = asyncio.create_task(self._act(action, device, batch))
                 self._tasks.add(task)
                 self._inflight[action.device] = (action, task)
-                task.add_done_callback(self._tasks.discard)
+                task.add_done_callback(functools.partial(self._ended, action, device, batch))
+
+    def _defer(self, action: Action) -> None:
+        """A forced action on a busy device: after what it is doing (cancelled if not begun).
+
+        The policy asks again every poll, but a forced command is said once: without this, a
+        restore pressed while a computer is still shutting down would leave it off.
+        """
+        self._deferred[action.device] = action
+        inflight = self._inflight.get(action.device)
+        if inflight is not None and action.device not in self._started_switching:
+            inflight[1].cancel()
+
+    def _run_deferred(self, name: str) -> None:
+        action = self._deferred.pop(name, None)
+        if action is not None and not self._closing:
+            self._start((action,), self.reading.battery_pct, forced=True)
 
     def _write_intent(self, sheds: Sequence[tuple[Action, Device]]) -> None:
         """Record, before any switch is thrown, what is about to be switched off."""
@@ -383,9 +413,10 @@ class Engine:
             self.store.save(self.state)  # synchronously: the switch waits for the disk
 
     async def _act(self, action: Action, device: Device, batch: _Batch) -> None:
+        """Run one action after its dependencies; its end is handled by `_ended`."""
+        await self._dependencies(action)
+        self._started_switching.add(action.device)
         try:
-            await self._dependencies(action)
-            self._started_switching.add(action.device)
             if self.dry_run:
                 wanted = Power.OFF if action.verb is Verb.SHED else Power.ON
                 outcome = Outcome.ok(wanted, detail="dry run")
@@ -394,11 +425,36 @@ class Engine:
             else:
                 outcome = await device.switch.on()
         except asyncio.CancelledError:
-            # The grid came back (or loadshed is quitting). Not started: nothing was switched,
-            # nothing to remember. Started: the intent stays, erring toward remembering.
-            device.busy = None
-            self._inflight.pop(action.device, None)
-            started = action.device in self._started_switching
+            raise
+        except Exception as err:  # a driver bug must not stop the shed
+            _LOG.error("%s: %s", action.device, "".join(traceback.format_exception(err)))
+            outcome = Outcome.failed(f"internal error: {type(err).__name__}: {err}")
+        device.busy = None
+        device.learn(outcome)
+        self.results.append((action, outcome))
+        wanted = Power.OFF if action.verb is Verb.SHED else Power.ON
+        if outcome.is_ok and outcome.power is wanted:
+            self._succeeded(action, device, batch)
+        else:
+            self._failed(action, device, batch, outcome)
+        if batch.left == 0:
+            self._batch_done(batch)
+
+    def _ended(
+        self, action: Action, device: Device, batch: _Batch, task: asyncio.Task[None]
+    ) -> None:
+        """After an action's task, however it ended (a done callback: runs even when the task
+        was cancelled before its first step, when no code of its own ever ran)."""
+        self._tasks.discard(task)
+        if self._inflight.get(action.device, (None, None))[1] is task:
+            del self._inflight[action.device]
+        device.busy = None
+        started = action.device in self._started_switching
+        self._started_switching.discard(action.device)
+        if task.cancelled():
+            # The grid came back, a forced command overrode it, or loadshed is quitting.
+            # Not started: nothing was switched, nothing to remember. Started: the intent
+            # stays, erring toward remembering.
             if action.verb is Verb.SHED and not started:
                 entries = dict(self.state.shed)
                 entry = entries.get(action.device)
@@ -412,25 +468,9 @@ class Engine:
             batch.left -= 1
             if batch.left == 0:
                 self._batch_done(batch)
-            self._publish()
-            return
-        except Exception as err:  # a driver bug must not stop the shed
-            _LOG.error("%s: %s", action.device, "".join(traceback.format_exception(err)))
-            outcome = Outcome.failed(f"internal error: {type(err).__name__}: {err}")
-        finally:
-            device.busy = None
-            self._started_switching.discard(action.device)
-            if self._inflight.get(action.device, (None, None))[1] is asyncio.current_task():
-                del self._inflight[action.device]
-        device.learn(outcome)
-        self.results.append((action, outcome))
-        wanted = Power.OFF if action.verb is Verb.SHED else Power.ON
-        if outcome.is_ok and outcome.power is wanted:
-            self._succeeded(action, device, batch)
-        else:
-            self._failed(action, device, batch, outcome)
-        if batch.left == 0:
-            self._batch_done(batch)
+        elif task.exception() is not None:
+            _LOG.error("%s: %s", action.device, task.exception())
+        self._run_deferred(action.device)
         self._publish()
 
     async def _dependencies(self, action: Action) -> None:
