@@ -109,6 +109,9 @@ def test_after_shutdown_the_port_stops_answering(host: SshHost) -> None:
 
     assert outcome.is_ok, outcome.detail
     assert went_down
+    deadline = time.monotonic() + WAIT_S  # sshd's process outlives its listener a moment
+    while host.is_up and time.monotonic() < deadline:
+        time.sleep(POLL_S)
     assert not host.is_up
     print(f"shutdown round trip {shutdown_s:.2f} s, then down after {down_s:.2f} s")
 

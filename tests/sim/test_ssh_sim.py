@@ -79,7 +79,8 @@ def test_a_shutdown_takes_the_port_down_and_start_brings_it_back(host: SshHost) 
 
     assert done.returncode == 0, done.stderr
     deadline = time.monotonic() + DOWN_WAIT_S
-    while answers(host) and time.monotonic() < deadline:
+    # The port goes quiet a moment before sshd's process has quite gone: wait for both.
+    while (answers(host) or host.is_up) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert not answers(host)
     assert not host.is_up
