@@ -189,6 +189,8 @@ class Engine:
         if error is not None:
             raise error
         self._started = True
+        if self.reading.grid is not Grid.UNKNOWN:
+            self._grid_since_wall = self.wall()  # as far as loadshed knows: since it started
         devices = self.registry.devices.values()
         essential = sum(d.rule <= policy.ESSENTIAL for d in devices)
         grid = self.reading.grid.value if self.reading.status is Status.OK else self.reading.detail
