@@ -189,6 +189,7 @@ class Engine:
         if error is not None:
             raise error
         self._started = True
+        self.memory = policy.observe(self.reading, self.clock(), self.memory)
         if self.reading.grid is not Grid.UNKNOWN:
             self._grid_since_wall = self.wall()  # as far as loadshed knows: since it started
         devices = self.registry.devices.values()

@@ -231,6 +231,14 @@ def _on_grid(
     return Decision(actions, replace(memory, outage=False), changed=changed)
 
 
+def observe(reading: GridReading, now: float, memory: Memory) -> Memory:
+    """Take in a reading without acting on it (loadshed's first, at start): so the next
+    reading that differs is a change, and says so."""
+    if reading.grid is Grid.UNKNOWN or reading.grid is memory.grid:
+        return memory
+    return replace(memory, grid=reading.grid, since=now, unknown_since=None)
+
+
 def force_shed(
     memory: Memory,
     shed: Mapping[str, ShedView],

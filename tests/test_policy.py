@@ -17,6 +17,7 @@ from loadshed.policy import (
     decide,
     force_restore,
     force_shed,
+    observe,
     tier_of,
 )
 
@@ -311,3 +312,10 @@ def test_pins_win_whatever_the_grid() -> None:
     assert back.actions[0].reason == "pinned: keep on"
     assert names(force_shed(on_grid_memory(), shed, devices).actions, Verb.SHED) == {"TV"}
     assert names(force_restore(on_grid_memory(), shed, devices).actions, Verb.RESTORE) == {"Heater"}
+
+
+def test_the_reading_taken_at_start_makes_the_next_one_a_change() -> None:
+    memory = observe(reading(Grid.ON), 0, Memory())
+    decision = decide(reading(Grid.OFF), 1, memory, {}, DEVICES, RULES)
+    assert decision.changed is Grid.OFF
+    assert observe(reading(Grid.UNKNOWN, None), 2, memory) == memory

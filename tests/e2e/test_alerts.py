@@ -92,7 +92,9 @@ def test_smtp_down_during_the_outage_then_up_delivers_everything_once_in_order(
     house.cut_grid()
     daemon.wait_for_line("shed finished")
     outbox = tmp_path / "state" / "outbox"
-    wait_until("two alerts queued", lambda: len(queued(outbox)) >= 2)
+    wait_until(
+        f"two alerts queued; loadshed said:\n{daemon.output}", lambda: len(queued(outbox)) >= 2
+    )
     sink.start()  # the internet is back
     house.restore_grid()  # a new event wakes the sender at once
     daemon.wait_for_line("restore finished")
