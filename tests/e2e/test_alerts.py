@@ -48,8 +48,11 @@ def receiver() -> Iterator[Receiver]:
 
 
 def queued(outbox: Path) -> list[Path]:
-    """The messages waiting in the outbox (named by sequence number)."""
-    return [p for p in outbox.iterdir() if p.name[0].isdigit()] if outbox.exists() else []
+    """The messages waiting in the outbox: complete files named by sequence number (not the
+    .tmp of one still being written, which a kill -9 at that moment would lose)."""
+    if not outbox.exists():
+        return []
+    return [p for p in outbox.iterdir() if p.name[0].isdigit() and p.suffix == ".json"]
 
 
 def outage_cycle(house: SimHouse, daemon: Loadshed) -> None:
@@ -120,7 +123,9 @@ def test_kill_9_with_alerts_queued_delivers_them_after_restart(
     sink.start()
     again = start()
     again.wait_for_line("ready:")
-    wait_until("the two queued texts", lambda: len(sink.messages) >= 2)
+    wait_until(
+        f"the two queued texts; loadshed said:\n{again.output}", lambda: len(sink.messages) >= 2
+    )
     texts = sink.bodies()
     assert "grid lost" in texts[0] and "Shed 4 devices" in texts[1]
     assert len(texts) == 2  # a restart mid-outage is not a new outage: nothing re-announced
