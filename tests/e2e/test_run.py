@@ -31,6 +31,13 @@ def state(tmp_path: Path) -> dict[str, object]:
     return doc
 
 
+def all_confirmed(tmp_path: Path) -> bool:
+    """Every entry of state.json was seen to go off."""
+    shed = state(tmp_path)["shed"]
+    assert isinstance(shed, dict)
+    return all(entry["confirmed"] for entry in shed.values())
+
+
 def test_outage_sheds_then_grid_back_restores_exactly_what_was_shed(
     house: SimHouse, start: Start, tmp_path: Path
 ) -> None:
@@ -44,10 +51,7 @@ def test_outage_sheds_then_grid_back_restores_exactly_what_was_shed(
     assert isinstance(shed, dict)
     wait_until(
         "every shed confirmed in state.json",
-        lambda: all(
-            e["confirmed"]
-            for e in state(tmp_path)["shed"].values()  # type: ignore[union-attr]
-        ),
+        lambda: all_confirmed(tmp_path),
     )
     assert set(shed) == set(SHEDDABLE)  # strip outlets one by one; the lamp never recorded
     daemon.wait_for_line("shed finished: 4 done")
@@ -123,10 +127,7 @@ def test_kill_9_mid_outage_then_restart_restores_exactly(
     wait_until("shed", all_off(house, SHEDDABLE))
     wait_until(
         "confirmed",
-        lambda: all(
-            e["confirmed"]
-            for e in state(tmp_path)["shed"].values()  # type: ignore[union-attr]
-        ),
+        lambda: all_confirmed(tmp_path),
     )
     daemon.stop(signal.SIGKILL)
     house.restore_grid()
