@@ -9,10 +9,20 @@ appends `$SSH_ORIGINAL_COMMAND` to a log, parses it with the shell exactly as a 
 
 - a read-only probe (`sudo -n -l ...`, `command -v ...`, `cmd /c ver`, `true`) like the real
   thing, and the host stays up;
-- anything else is a shutdown: recorded, then the host "powers off" — the sshd listener is
-  stopped `down_after_s` later, so the port stops answering, as a computer going down. With
+- anything else is a shutdown: recorded, then the host goes down in two phases, as a real one
+  does. `down_after_s` later the sshd listener stops (systemd stops sshd early): the kernel is
+  still up and the port *refuses* connections. `refuse_s` later the host is off: the port is
+  *silent* (a connect() times out) until `start()` boots it again on the same port. With
   `drop_connection`, the session is cut before the exit status is sent, as a real shutdown often
-  does. `start()` powers it on again on the same port.
+  does.
+
+Its power is a `HostPower`: UP (sshd listens), STOPPING (refused) or OFF (silent). Silence on
+loopback is a listener of our own on the port with `listen(0)` and a full accept queue (a few
+connections made to it and never accepted): the kernel drops every new SYN. The forced command
+runs in sshd's processes, so the fall from STOPPING to OFF is made here, by a daemon thread per
+boot that sees sshd exit without `stop_sshd()`, `power_off()` or `close()` having asked it to.
+`power_off()` is a power cut (OFF at once); `stop_sshd()` stops sshd alone (STOPPING, for good);
+`start()` from either, from any thread, cancels a pending fall and boots. A lock keeps them apart.
 
 Faults, switchable at any time: `refuse_key` (the client key is not authorized: "Permission
 denied (publickey)"), `change_host_key()` (a new host key the client's known_hosts does not
@@ -23,9 +33,11 @@ set-up rather than a fault: `restricted_key` authorizes the client key with
 whatever was asked: any command is a shutdown.
 
 Several hosts (the demo's house) can share one client key (`client_key=`) and one client config
-(`combined_ssh_config`). Plain synchronous code (subprocesses, no event loop), for tests and
-the demo; a context manager. It must not bind anything outside 127.0.0.0/8, nor touch the
-system's sshd, its config, keys or pid file.
+(`combined_ssh_config`). A host may have an `alias`: ssh_config then names it (`Host nas`,
+`HostName 127.0.0.1`, its `Port`), and its `computer()` says `nas` with no port, as an owner's
+computers.txt leaning on ~/.ssh/config would. Plain synchronous code (subprocesses and threads,
+no event loop), for tests and the demo; a context manager. It must not bind anything outside
+127.0.0.0/8, nor touch the system's sshd, its config, keys or pid file.
 """
 
 from __future__ import annotations
@@ -33,14 +45,17 @@ from __future__ import annotations
 import dataclasses
 import getpass
 import os
+import re
 import shlex
 import shutil
 import signal
 import socket
 import subprocess
 import tempfile
+import threading
 import time
 from collections.abc import Sequence
+from enum import Enum
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Final
@@ -56,7 +71,12 @@ STOP_TIMEOUT_S: Final = 5.0  # longest sshd may take to exit on SIGTERM before S
 KEYGEN_TIMEOUT_S: Final = 30.0  # ssh-keygen of one ed25519 key takes milliseconds
 POLL_S: Final = 0.01  # how often start() looks for the "listening" line
 PORT_TRIES: Final = 5  # free ports tried when another process takes the one picked
-DOWN_AFTER_S: Final = 0.3  # a shutdown's port goes quiet this long after the command
+DOWN_AFTER_S: Final = 0.3  # a shutdown stops the sshd listener this long after the command
+# then the kernel refuses connections this long before the host is off and silent (a real one:
+# tens of seconds, flushing disks; short here, for the tests)
+REFUSE_S: Final = 2.0
+SILENCE_FILLERS: Final = 2  # connections never accepted that keep a listen(0) queue full
+ALIAS_RE: Final = re.compile(r"^[A-Za-z0-9_]([A-Za-z0-9._-]*[A-Za-z0-9_])?$")  # an ssh_config Host
 HANG_TICK_S: Final = 0.2  # a hung command writes a byte this often, to notice the client left
 HANG_MAX_S: Final = 300  # and gives up after this long, so nothing outlives a test run by much
 WINDOWS_VER: Final = "Microsoft Windows [Version 10.0.19045.3803]"
@@ -115,6 +135,14 @@ exit 0
 """
 
 
+class HostPower(Enum):
+    """What a connection to the host's port meets."""
+
+    UP = "up"  # sshd listens
+    STOPPING = "stopping"  # sshd gone, the kernel alive: connections refused
+    OFF = "off"  # no power: connections go unanswered, connect() times out
+
+
 class SshHost:
     """A real sshd on loopback that records commands instead of running them.
 
@@ -137,10 +165,16 @@ class SshHost:
         drop_connection: bool = False,
         restricted_key: bool = False,
         down_after_s: float = DOWN_AFTER_S,
+        refuse_s: float = REFUSE_S,
+        alias: str | None = None,
         client_key: Path | None = None,
         sshd: Path = SSHD_PATH,
     ) -> None:
         self.host = check_loopback(host)
+        if alias is not None and not ALIAS_RE.match(alias):
+            raise ValueError(f"an ssh_config Host name is letters, digits, . _ -: not {alias!r}")
+        self.alias = alias
+        self.refuse_s = refuse_s  # read when sshd goes: a test may change it before then
         self.user = getpass.getuser()
         self._port = port
         self._sshd = sshd
@@ -151,6 +185,14 @@ class SshHost:
         self._restricted_key = restricted_key
         self._down_after_s = down_after_s
         self._proc: subprocess.Popen[bytes] | None = None
+        # Power changes come from the test, a WoL or BIOS thread and the watcher: one at a time.
+        # start() holds the lock while sshd boots; readers (is_up, power) do not take it.
+        self._lock = threading.Lock()
+        self._changed = threading.Condition(self._lock)
+        self._boot = 0  # counts power changes: a watcher acts only if none came after its boot
+        self._silence: list[socket.socket] = []  # listener first, then its fillers; OFF if any
+        self._watchers: list[threading.Thread] = []
+        self._closed = False
         self._dir = Path(tempfile.mkdtemp(prefix="loadshed-sshd-"))
         self.client_key = client_key or self._dir / "client_ed25519"  # its public half: + ".pub"
         self._extra_options = ["PerSourcePenalties no"]  # OpenSSH >= 9.8 would shun our faults
@@ -183,16 +225,37 @@ class SshHost:
         return self._dir / "ssh_config"
 
     @property
+    def power(self) -> HostPower:
+        """UP, STOPPING or OFF (before the first start() and after close(): STOPPING)."""
+        if self.is_up:
+            return HostPower.UP
+        return HostPower.OFF if self._silence else HostPower.STOPPING
+
+    @property
     def is_up(self) -> bool:
+        """sshd is running (its listener may already be closing, a moment before it exits)."""
         return self._proc is not None and self._proc.poll() is None
 
+    @property
+    def is_off(self) -> bool:
+        """Off: the port is silent."""
+        return bool(self._silence)
+
+    @property
+    def is_powered(self) -> bool:
+        """On, whether sshd runs or not: the port answers, if only to refuse."""
+        return not self._silence
+
     def computer(self, kind: Kind = Kind.LINUX, **options: Any) -> Computer:
-        """A computers.txt entry for this host (any other Computer field may be given)."""
+        """A computers.txt entry for this host (any other Computer field may be given).
+
+        With an alias, the entry names the alias and no port: ssh_config gives both.
+        """
         computer = Computer(
             kind=kind,
-            host=self.host,
+            host=self.alias or self.host,
             name=f"sim-{kind.value}",
-            port=self._port,
+            port=None if self.alias else self._port,
             user=self.user,
             via_ssh=kind is Kind.WINDOWS,
         )
@@ -289,59 +352,74 @@ class SshHost:
             (self._dir / name).unlink()
         self._keygen(self._dir / "host_ed25519")
         if self.is_up:
-            self.stop()
+            self.stop_sshd()
             self.start()
 
     # -- power -------------------------------------------------------------------------------
 
     def start(self) -> None:
-        """Power on: run sshd and return once it listens (same port as before, if any)."""
-        if self.is_up:
-            return
-        _ensure_privsep_dir()
-        pick_port = self._port == 0
-        for _ in range(PORT_TRIES):
-            if pick_port:
-                self._port = _free_port(self.host)
-            if self._try_start():
+        """Power on: run sshd and return once it listens (same port as before, if any).
+
+        From STOPPING or OFF alike, from any thread: a pending fall to OFF is cancelled, the
+        silence ends, sshd starts. Nothing happens if sshd runs already.
+        """
+        with self._lock:
+            if self._closed:
+                raise RuntimeError(f"SshHost {self.address} is closed")
+            if self.is_up:
                 return
-            if not pick_port or "Address already in use" not in self._last_log:
-                break
-        raise RuntimeError(f"sshd did not start on {self.address}:\n{self._last_log}")
+            self._cancel()
+            self._end_silence()
+            self._watch(self._start_sshd())
+
+    def stop_sshd(self) -> None:
+        """Stop sshd, the kernel staying up: the port refuses connections (STOPPING) for good.
+
+        A pending fall to OFF is cancelled; a host already OFF stays OFF. Sessions under way
+        are sshd's other processes, left to end by themselves.
+        """
+        with self._lock:
+            self._cancel()
+            self._stop_sshd()
 
     def stop(self) -> None:
-        """Power off: stop sshd, so the port refuses connections. Sessions under way end."""
-        proc, self._proc = self._proc, None
-        if proc is None:
-            return
-        (self._dir / "listener.pid").unlink(missing_ok=True)
-        if proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(STOP_TIMEOUT_S)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(STOP_TIMEOUT_S)
-        else:
-            proc.wait()
+        """The same as stop_sshd(), for callers that predate power states."""
+        self.stop_sshd()
 
     def power_off(self) -> None:
-        """The same as stop(): the host goes away."""
-        self.stop()
+        """Cut the power: sshd and its sessions killed, the port silent (OFF) at once."""
+        with self._lock:
+            self._cancel()
+            self._stop_sshd(signal.SIGKILL)
+            self._end_sessions(clients=False)
+            if self._port and not self._silence:
+                self._silence = _silence(self.host, self._port)
 
     def close(self) -> None:
-        """Stop sshd, end its sessions still running, and remove every file made for it."""
-        self.stop()
+        """Stop sshd, end its sessions and silence, and remove every file made for it.
+
+        Its threads are ended too. Safe to call twice; start() cannot follow.
+        """
+        with self._lock:
+            self._closed = True
+            self._cancel()
+            self._stop_sshd()
+            self._end_silence()
+            watchers, self._watchers = self._watchers, []
+        for watcher in watchers:
+            watcher.join(STOP_TIMEOUT_S)
         self._end_sessions()
         shutil.rmtree(self._dir, ignore_errors=True)
 
-    def _end_sessions(self) -> None:
+    def _end_sessions(self, *, clients: bool = True) -> None:
         """Kill forced commands still running (a hung one whose client was kill -9'd).
 
         sshd's per-session processes outlive the listener, as on a real host; in a test they
-        would linger until the hang gives up. Ending the command ends its session and client.
+        would linger until the hang gives up. Ending the command ends its session. With
+        clients, ssh clients run with a file of ours (`-F <ssh_config>`) are killed too; a power
+        cut leaves them be, to see the session end from their side.
         """
-        marker = str(self._dir).encode()
+        marker = str(self._dir if clients else self._dir / "forced.sh").encode()
         for proc in Path("/proc").iterdir():
             if not proc.name.isdigit() or int(proc.name) == os.getpid():
                 continue
@@ -371,7 +449,67 @@ class SshHost:
 
     _last_log = ""
 
-    def _try_start(self) -> bool:
+    def _cancel(self) -> None:
+        """Tell the watchers a power change came (the lock held): none of them acts any more."""
+        self._boot += 1
+        self._changed.notify_all()
+
+    def _watch(self, proc: subprocess.Popen[bytes]) -> None:
+        """Start a thread that turns this sshd exiting by itself into STOPPING, then OFF."""
+        self._watchers = [w for w in self._watchers if w.is_alive()]
+        watcher = threading.Thread(
+            target=self._fall, args=(proc, self._boot), name=f"sshd-{self._port}", daemon=True
+        )
+        self._watchers.append(watcher)
+        watcher.start()
+
+    def _fall(self, proc: subprocess.Popen[bytes], boot: int) -> None:
+        """Wait for proc to exit; unless a power change came since boot, go OFF refuse_s later."""
+        proc.wait()
+        with self._lock:
+            if self._boot != boot:
+                return  # stopped on purpose, powered off, booted again or closed
+            deadline = time.monotonic() + self.refuse_s
+            while self._boot == boot and (left := deadline - time.monotonic()) > 0:
+                self._changed.wait(left)
+            if self._boot == boot:
+                self._silence = _silence(self.host, self._port)
+
+    def _end_silence(self) -> None:
+        silence, self._silence = self._silence, []
+        for sock in silence:  # the listener first: its queued connection is reset, not kept
+            sock.close()
+
+    def _start_sshd(self) -> subprocess.Popen[bytes]:
+        _ensure_privsep_dir()
+        pick_port = self._port == 0
+        for _ in range(PORT_TRIES):
+            if pick_port:
+                self._port = _free_port(self.host)
+            if proc := self._try_start():
+                return proc
+            if not pick_port or "Address already in use" not in self._last_log:
+                break
+        raise RuntimeError(f"sshd did not start on {self.address}:\n{self._last_log}")
+
+    def _stop_sshd(self, how: signal.Signals = signal.SIGTERM) -> None:
+        proc, self._proc = self._proc, None
+        if proc is None:
+            return
+        # The forced command's delayed kill is for the sshd that took the shutdown: not a new one.
+        (self._dir / "listener.pid").unlink(missing_ok=True)
+        if proc.poll() is None:
+            proc.send_signal(how)
+            try:
+                proc.wait(STOP_TIMEOUT_S)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(STOP_TIMEOUT_S)
+        else:
+            proc.wait()
+
+    def _try_start(self) -> subprocess.Popen[bytes] | None:
+        """Run sshd; return it once it listens, None if it could not."""
         config = self._write_sshd_config()
         log_path = self._dir / "sshd.log"
         offset = log_path.stat().st_size if log_path.exists() else 0
@@ -391,18 +529,18 @@ class SshHost:
             if listening in text:
                 self._proc = proc
                 self._write_client_files()
-                return True
+                return proc
             if proc.poll() is not None:
                 self._last_log = _read_from(log_path, offset)
                 if "PerSourcePenalties" in self._last_log and self._extra_options:
                     self._extra_options = []  # an OpenSSH older than 9.8: no such option
                     return self._try_start()
-                return False
+                return None
             time.sleep(POLL_S)
         proc.kill()
         proc.wait()
         self._last_log = _read_from(log_path, offset) + "\n(no 'listening' line in time)"
-        return False
+        return None
 
     def _write_sshd_config(self) -> Path:
         d = self._dir
@@ -490,14 +628,20 @@ class SshHost:
 def combined_ssh_config(hosts: Sequence[SshHost]) -> str:
     """One ssh_config for several simulated hosts, such as the demo's house.
 
-    One `Host` block per address, naming every client key and known_hosts file of the hosts
-    there (known_hosts entries carry the port). Give the hosts one `client_key`, so that a login
-    offers a single key instead of running into sshd's MaxAuthTries.
+    A host with an alias gets a `Host <alias>` block of its own, with `HostName` its address and
+    its `Port`. Hosts without one share a `Host <address>` block per address, naming every client
+    key and known_hosts file of the hosts there (known_hosts entries carry the port). Give the
+    hosts one `client_key`, so that a login offers a single key instead of running into sshd's
+    MaxAuthTries.
     """
+    names: dict[str, list[SshHost]] = {}
+    for host in hosts:
+        names.setdefault(host.alias or host.host, []).append(host)
     blocks: list[str] = []
-    for address in dict.fromkeys(h.host for h in hosts):
-        here = [h for h in hosts if h.host == address]
-        lines = [f"Host {address}", f"    HostName {address}"]
+    for name, here in names.items():
+        if len(here) > 1 and any(h.alias for h in here):
+            raise ValueError(f"{len(here)} simulated hosts are called {name} in ssh_config")
+        lines = [f"Host {name}", f"    HostName {here[0].host}"]
         if len(here) == 1:
             lines.append(f"    Port {here[0].port}")
         lines.append(f"    User {here[0].user}")
@@ -514,6 +658,30 @@ def combined_ssh_config(hosts: Sequence[SshHost]) -> str:
         ]
         blocks.append("\n".join(lines) + "\n")
     return "\n".join(blocks)
+
+
+def _silence(host: str, port: int) -> list[socket.socket]:
+    """Make host:port silent: our listener, its accept queue full, so the kernel drops SYNs.
+
+    listen(0) queues one connection; the fillers take that place (and one more waits), and are
+    never accepted. SO_REUSEADDR binds over sshd's connections, in TIME_WAIT or still open.
+    """
+    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    socks = [listener]
+    try:
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind((host, port))
+        listener.listen(0)
+        for _ in range(SILENCE_FILLERS):
+            filler = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            socks.append(filler)
+            filler.setblocking(False)
+            filler.connect_ex((host, port))  # in progress, or queued: never accepted either way
+    except BaseException:
+        for sock in socks:
+            sock.close()
+        raise
+    return socks
 
 
 def _free_port(host: str) -> int:
