@@ -3,22 +3,39 @@
 A simulated house on 127.0.0.1 (nothing else is ever contacted): a Powerwall gateway and 100
 smart plugs, 60 legacy Kasa plugs and 40 Tuya 3.3 plugs, each switching its own outlet, all on.
 Ten of them are hung (5 Kasa, 5 Tuya, spread through the list): they accept connections, read
-requests and never answer. Two runs against the same house:
+requests and never answer. And 4 computers (pc1..pc4, kind linux), each a real OpenSSH sshd on
+127.0.0.1 (`loadshed.sim.ssh.SshHost`) that records its shutdown command instead of running it,
+named in computers.txt by their ssh_config Host alias (SSH_CONFIG in config.py), as owners do.
+After a shutdown a computer's sshd stops (down_after_s, the default), then its port refuses
+connections for COMPUTER_REFUSE_S (5 s: the kernel flushing its disks; a real machine takes tens
+of seconds), then goes silent, like a machine that is off. pc1 and pc2 are fed by their own
+Kasa plug among the 60 ("PC1 plug", "PC2 plug", `powered_by=` in computers.txt; never hung),
+which loadshed may cut only once its computer is down (silent). Without /usr/sbin/sshd the
+computers are left out, with a note, and those two plugs are ordinary healthy ones. Two runs
+against the same house:
 
 1. loadshed: the real daemon, `python -m loadshed run --no-ui` as a child process, with a
    config.py written for this house. Once it is up (its first polls seen at the gateway), the
    gateway starts reporting `SystemIslandedActive` (time t0) within 5 ms after one of its
    grid-status reads: the worst phase, so the next poll comes almost a whole POLL_SECONDS later.
-   The figure is t0 to the moment the 90 healthy outlets are all off (watched every 5 ms): that
-   wait for the poll plus the switching itself, which is printed alone as well (from the first
-   grid-status request after t0 to the last outlet off).
+   The figure is t0 to the moment the 88 healthy outlets that feed no computer are all off
+   (watched every 5 ms): that wait for the poll plus the switching itself, which is printed
+   alone as well (from the first grid-status request after t0 to the last outlet off). In the
+   same run, also from t0: every computer really down (silent, `SshHost.is_off`), expected
+   about the wait for the poll + the ssh round trip + down_after_s + COMPUTER_REFUSE_S; and
+   both feeding plugs off, expected about that + one probe timeout (~3 s: silence is only
+   known once a connect() has timed out) + up to one poll. A feeding plug seen off while its
+   computer still had power (answering, if only to refuse) is a hard cut: recorded, printed
+   (it should say "none") and, as in loadshed.sim.house, the computer dies at once.
 2. A naive sequential loop written here: the same libraries with their defaults, one device
    after another, as a first script would do it. tesla_powerwall `get_grid_status()` every
    POLL_SECONDS (its clock also starts at t0, so it pays the same wait for a poll), then for each
    Kasa host `Device.connect(config=DeviceConfig(host, port_override=port))` and `turn_off()`
    (python-kasa: timeout 5 and built-in retries, ~23 s per hung plug), then for each Tuya plug
    `tinytuya.OutletDevice(id, ip, key, version=3.3, port=port).turn_off()` (tinytuya: timeout 5,
-   5 retries, ~30 s per hung plug). It takes minutes; progress is printed as it goes.
+   5 retries, ~30 s per hung plug). It takes minutes; progress is printed as it goes. It
+   ignores the computers (a first script would not shut them down); its figure is the same
+   88 healthy outlets (it switches the two feeding plugs off too, in their turn).
 
 The goal (the issue): loadshed within POLL_SECONDS + 1 s, and at least 50 x faster than the
 naive loop. Figures are printed, never asserted (STYLE.md 12). This script imports python-kasa,
@@ -27,7 +44,7 @@ tinytuya and tesla_powerwall directly only because the naive loop is the point o
 Run it from the repository root (the full run takes about 5 minutes):
 
     .venv/bin/python bench/shed_latency.py                  # both runs, as the issue describes
-    .venv/bin/python bench/shed_latency.py --skip-naive     # loadshed only, about 20 s
+    .venv/bin/python bench/shed_latency.py --skip-naive     # loadshed only, about 30 s
     .venv/bin/python bench/shed_latency.py --naive-hung 2   # naive run with 2 hung plugs only
 
 With `--naive-hung N` the naive figure is also extrapolated to all 10 hung plugs: each plug hung
@@ -42,6 +59,7 @@ import asyncio
 import os
 import pprint
 import secrets
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -58,9 +76,11 @@ from tesla_powerwall.const import GridStatus
 from tesla_powerwall.powerwall import Powerwall
 
 from loadshed.sim.base import Fault, Outlet, SimDevice, SiteState
+from loadshed.sim.house import sshd_available
 from loadshed.sim.kasa import kasa_plug
 from loadshed.sim.loop import LoopThread
 from loadshed.sim.powerwall import GRID_STATUS_PATH, PowerwallSim
+from loadshed.sim.ssh import SSHD_PATH, SshHost, combined_ssh_config
 from loadshed.sim.tuya import TuyaPlugSim
 
 T = TypeVar("T")
@@ -73,6 +93,13 @@ TUYA_VERSION: Final = 3.3
 HUNG_KASA: Final = (5, 17, 29, 41, 53)
 HUNG_TUYA: Final = (3, 11, 19, 27, 35)
 OUTLET_WATTS: Final = 100.0
+COMPUTERS: Final = ("pc1", "pc2", "pc3", "pc4")  # ssh_config Host aliases, all kind linux
+# The Kasa plugs (by position, none of them hung) that feed the first computers, one each.
+FED_KASA: Final = (10, 35)
+# After its sshd stops, a computer refuses connections this long (flushing its disks), then is
+# silent. A real machine takes tens of seconds; a few here, to keep the bench short.
+COMPUTER_REFUSE_S: Final = 5.0
+COMPUTER_START_S: Final = 60.0  # longest the simulated computers' sshd may take to start
 
 DEFAULT_POLL_S: Final = 2.0  # loadshed's default POLL_SECONDS
 MIN_POLL_S: Final = 0.5  # the smallest POLL_SECONDS loadshed accepts
@@ -114,16 +141,31 @@ class Plug:
     key: str = field(default="", repr=False)
 
 
-class BenchHouse:
-    """A Powerwall and 100 plugs on one background loop (as loadshed.sim.house does it)."""
+@dataclass
+class BenchComputer:
+    """One simulated computer: its ssh_config alias, its sshd, and the plug feeding it, if any."""
 
-    def __init__(self) -> None:
+    alias: str
+    name: str
+    host: SshHost
+    plug: Plug | None
+
+
+class BenchHouse:
+    """A Powerwall, 100 plugs on one background loop (as loadshed.sim.house does it), and,
+    with `computers`, the computers on sshd (made and started by start())."""
+
+    def __init__(self, *, computers: bool) -> None:
         self.password = secrets.token_urlsafe(12)
         self.site = SiteState(grid_status=GRID_CONNECTED)
         self.powerwall = PowerwallSim(self.site, self.password)
+        # computer alias -> the Kasa plug (by position) that feeds it: the first computers
+        fed_by = dict(zip(COMPUTERS, FED_KASA, strict=False)) if computers else {}
+        fed_at = {i: alias for alias, i in fed_by.items()}
         self.kasa: list[Plug] = []
         for n in range(1, KASA_PLUGS + 1):
-            outlet = Outlet(f"Kasa {n:02d}", OUTLET_WATTS)
+            name = f"{fed_at[n - 1].upper()} plug" if n - 1 in fed_at else f"Kasa {n:02d}"
+            outlet = Outlet(name, OUTLET_WATTS)
             self.kasa.append(Plug(outlet.name, "Kasa", outlet, kasa_plug(outlet)))
         self.tuya: list[Plug] = []
         for n in range(1, TUYA_PLUGS + 1):
@@ -136,6 +178,12 @@ class BenchHouse:
             *(self.kasa[i] for i in HUNG_KASA),
             *(self.tuya[i] for i in HUNG_TUYA),
         ]
+        self.feeding: dict[str, Plug] = {alias: self.kasa[i] for alias, i in fed_by.items()}
+        if any(p in self.hung for p in self.feeding.values()):
+            raise RuntimeError("a plug feeding a computer must not be hung")
+        self.want_computers = computers
+        self.computers: list[BenchComputer] = []  # made by start()
+        self._ssh_dir: Path | None = None
         self._loop: LoopThread | None = None
 
     @property
@@ -143,17 +191,39 @@ class BenchHouse:
         """Every plug, Kasa first, as the config lists them and the naive loop visits them."""
         return [*self.kasa, *self.tuya]
 
+    @property
+    def healthy(self) -> list[Plug]:
+        """The plugs that answer and feed no computer: the headline figure's outlets."""
+        return [p for p in self.plugs if p not in self.hung and p not in self.feeding.values()]
+
     def start(self) -> None:
-        """Bind every device on 127.0.0.1 (port 0: free ports)."""
+        """Bind every device on 127.0.0.1 (port 0: free ports); boot the computers' sshd."""
         self._loop = LoopThread("bench-house")
+        if self.want_computers:
+            self._make_computers()
 
         async def _start() -> None:
-            await asyncio.gather(self.powerwall.start(), *(p.sim.start() for p in self.plugs))
+            await asyncio.gather(
+                self.powerwall.start(),
+                *(p.sim.start() for p in self.plugs),
+                *(asyncio.to_thread(c.host.start) for c in self.computers),
+            )
 
-        self._loop.run(_start())
+        self._loop.run(_start(), timeout_s=COMPUTER_START_S)
+
+    def _make_computers(self) -> None:
+        """One SshHost per alias, sharing the first one's client key (one key offered a login)."""
+        self._ssh_dir = Path(tempfile.mkdtemp(prefix="loadshed-bench-ssh-"))
+        key: Path | None = None
+        for alias in COMPUTERS:
+            host = SshHost(alias=alias, client_key=key, refuse_s=COMPUTER_REFUSE_S)
+            key = host.client_key
+            self.computers.append(
+                BenchComputer(alias, alias.upper(), host, self.feeding.get(alias))
+            )
 
     def stop(self) -> None:
-        """Stop every device and the loop. Safe to call twice."""
+        """Stop every device and the loop, close the computers. Safe to call twice."""
         loop, self._loop = self._loop, None
         if loop is None:
             return
@@ -166,6 +236,10 @@ class BenchHouse:
             loop.run(_stop(), timeout_s=SIM_STOP_S)
         finally:
             loop.close()
+            for computer in reversed(self.computers):  # the first holds the shared client key
+                computer.host.close()
+            if self._ssh_dir is not None:
+                shutil.rmtree(self._ssh_dir, ignore_errors=True)
 
     def call(self, action: Callable[[], T]) -> T:
         """Run action on the house's loop, where the devices live, and return its result."""
@@ -238,13 +312,29 @@ class BenchHouse:
             f"POLL_SECONDS = {poll_s!r}",
             f"RESTORE_AFTER_SECONDS = {RESTORE_AFTER_S}",
         ]
+        if self.computers and self._ssh_dir is not None:
+            ssh_config = self._ssh_dir / "ssh_config"
+            ssh_config.write_text(combined_ssh_config([c.host for c in self.computers]))
+            lines.append(f"SSH_CONFIG = {str(ssh_config)!r}")
+        return "\n".join(lines) + "\n"
+
+    def computers_text(self) -> str:
+        """computers.txt: each computer by its ssh_config alias; the fed ones name their plug."""
+        lines = [
+            "# the shed-latency bench's computers: real sshd on 127.0.0.1, recording shutdowns"
+        ]
+        for c in self.computers:
+            fed = f' powered_by="{c.plug.name}"' if c.plug else ""
+            lines.append(f"linux  {c.alias}  name={c.name}{fed}")
         return "\n".join(lines) + "\n"
 
     def write_config(self, path: Path, poll_s: float) -> Path:
-        """Write config_text() to path, readable by its owner only."""
+        """Write config_text() to path, readable by its owner only (and computers.txt beside)."""
         path.touch(mode=0o600, exist_ok=True)
         path.chmod(0o600)
         path.write_text(self.config_text(poll_s), encoding="utf-8")
+        if self.computers:
+            (path.parent / "computers.txt").write_text(self.computers_text(), encoding="utf-8")
         return path
 
 
@@ -268,6 +358,29 @@ class Timing:
         return self.all_off_s - self.detect_s
 
 
+@dataclass(frozen=True, slots=True)
+class ComputerTiming:
+    """The computers in one run, all seconds from t0; a name missing from a dict: not seen."""
+
+    names: tuple[str, ...]  # every computer
+    fed: tuple[str, ...]  # every plug feeding one
+    stopped_s: dict[str, float]  # computer -> its sshd stopped (down_after_s after its command)
+    down_s: dict[str, float]  # computer -> silent: really off
+    fed_off_s: dict[str, float]  # feeding plug -> off
+    confirm_s: dict[str, float]  # feeding plug -> from its computer silent to the plug off
+    hard_cuts: tuple[str, ...]  # computers whose plug went off while they still had power
+
+    @property
+    def all_down_s(self) -> float | None:
+        return max(self.down_s.values()) if len(self.down_s) == len(self.names) else None
+
+    @property
+    def all_fed_off_s(self) -> float | None:
+        if len(self.fed_off_s) < len(self.fed):
+            return None
+        return max(self.fed_off_s.values(), default=None)
+
+
 def watch(
     house: BenchHouse,
     healthy: Sequence[Plug],
@@ -275,21 +388,57 @@ def watch(
     reads_at_t0: int,
     limit_s: float,
     is_alive: Callable[[], bool],
-) -> Timing:
-    """Look at the healthy outlets every WATCH_EVERY_S until all are off (or give up)."""
+    computers: Sequence[BenchComputer] = (),
+) -> tuple[Timing, ComputerTiming | None]:
+    """Look every WATCH_EVERY_S until the healthy outlets are off, and with computers, until
+    each is silent and each feeding outlet off (or give up). A feeding outlet seen off while
+    its computer has power is a hard cut: the computer dies, as in loadshed.sim.house."""
     detect: float | None = None
     first: float | None = None
+    all_off: float | None = None
+    on: list[str] = []
+    stopped: dict[str, float] = {}
+    down: dict[str, float] = {}
+    fed_off: dict[str, float] = {}
+    confirm: dict[str, float] = {}
+    hard_cuts: list[str] = []
+    fed = [c for c in computers if c.plug is not None]
     while True:
         now = time.monotonic()
         if detect is None and house.grid_reads() > reads_at_t0:
             detect = now - t0
-        on = [p.name for p in healthy if p.outlet.on]
-        if first is None and len(on) < len(healthy):
-            first = now - t0
-        if not on:
-            return Timing(now - t0, detect, first)
-        if now - t0 > limit_s or not is_alive():
-            return Timing(None, detect, first, tuple(on))
+        if all_off is None:
+            on = [p.name for p in healthy if p.outlet.on]
+            if first is None and len(on) < len(healthy):
+                first = now - t0
+            if not on:
+                all_off = now - t0
+        for c in computers:
+            if c.name not in stopped and not c.host.is_up:
+                stopped[c.name] = now - t0
+            if c.name not in down and c.host.is_off:
+                down[c.name] = now - t0
+            if c.plug is not None and c.plug.name not in fed_off and not c.plug.outlet.on:
+                fed_off[c.plug.name] = now - t0
+                if c.name in down:
+                    confirm[c.plug.name] = now - t0 - down[c.name]
+                if c.host.is_powered:
+                    hard_cuts.append(c.name)
+                    c.host.power_off()
+        done = all_off is not None and len(down) == len(computers) and len(fed_off) == len(fed)
+        if done or now - t0 > limit_s or not is_alive():
+            timing = Timing(all_off, detect, first, () if all_off is not None else tuple(on))
+            if not computers:
+                return timing, None
+            return timing, ComputerTiming(
+                tuple(c.name for c in computers),
+                tuple(c.plug.name for c in fed if c.plug is not None),
+                stopped,
+                down,
+                fed_off,
+                confirm,
+                tuple(hard_cuts),
+            )
         time.sleep(WATCH_EVERY_S)
 
 
@@ -352,6 +501,8 @@ class Daemon:
 @dataclass(frozen=True, slots=True)
 class LoadshedResult:
     timing: Timing
+    computers: ComputerTiming | None  # None: no computers in this house
+    shutdowns: dict[str, list[str]]  # computer -> the shutdown commands it received
     startup_s: float  # launch to its poll loop's first grid read
     ready_s: float | None  # launch to its "ready:" line, if it prints one
     switched: int  # "switching off" lines
@@ -388,7 +539,9 @@ def run_loadshed(
         ready_at = daemon.first("ready:")
         print(f"loadshed: up, polling (start-up {startup_s:.1f} s); cutting the grid", flush=True)
         t0, reads_at_t0 = house.cut_grid()
-        timing = watch(house, healthy, t0, reads_at_t0, LOADSHED_LIMIT_S, daemon.is_alive)
+        timing, computers = watch(
+            house, healthy, t0, reads_at_t0, LOADSHED_LIMIT_S, daemon.is_alive, house.computers
+        )
         deadline = time.monotonic() + LINE_WAIT_S
         while daemon.first("shed finished") is None and time.monotonic() < deadline:
             time.sleep(WATCH_EVERY_S)
@@ -399,6 +552,8 @@ def run_loadshed(
     report = daemon.matching("ready:", "grid lost", "shed finished", "could not", "stopped")
     return LoadshedResult(
         timing,
+        computers,
+        {c.name: c.host.shutdowns() for c in house.computers},
         startup_s,
         None if ready_at is None else ready_at - daemon.launched,
         len(daemon.matching("switching off")),
@@ -503,7 +658,7 @@ def run_naive(
     """Reset the house, start the naive loop polling, cut the grid, time it; None if it failed."""
     house.reset()
     house.hang(hung)
-    healthy = [p for p in house.plugs if p not in hung]
+    healthy = [p for p in house.plugs if p not in hung and p not in house.feeding.values()]
     loop = NaiveLoop(house, poll_s, quit_event)
     print(
         f"\nnaive: {len(house.plugs)} plugs one by one, {len(hung)} hung, library defaults; "
@@ -516,7 +671,7 @@ def run_naive(
         return None
     t0, reads_at_t0 = house.cut_grid()
     loop.t0 = t0
-    timing = watch(house, healthy, t0, reads_at_t0, NAIVE_LIMIT_S, loop.is_alive)
+    timing, _ = watch(house, healthy, t0, reads_at_t0, NAIVE_LIMIT_S, loop.is_alive)
     if loop.error is not None:
         print(f"naive: the loop failed: {loop.error!r}", file=sys.stderr)
     loop.join(NAIVE_JOIN_S)
@@ -546,6 +701,33 @@ def _s(value: float | None, digits: int = 2) -> str:
     return "-" if value is None else f"{value:.{digits}f} s"
 
 
+def _span(values: dict[str, float]) -> str:
+    """first .. last of some per-computer times."""
+    if not values:
+        return "-"
+    low, high = min(values.values()), max(values.values())
+    return f"{low:.2f} .. {high:.2f} s"
+
+
+def _computer_rows(c: ComputerTiming, shutdowns: dict[str, list[str]]) -> list[tuple[str, str]]:
+    commands = sorted({cmd for cmds in shutdowns.values() for cmd in cmds})
+    got = sum(bool(cmds) for cmds in shutdowns.values())
+    rows = [
+        ("loadshed, t0 -> all computers down", f"{_s(c.all_down_s)} (silent, really off)"),
+        ("  shutdowns received", f"{got} of {len(c.names)}: {' | '.join(commands) or '-'}"),
+        ("  sshd stopped (command + 0.3 s)", _span(c.stopped_s)),
+        ("  silent", _span(c.down_s)),
+        ("loadshed, t0 -> all fed plugs off", _s(c.all_fed_off_s)),
+        ("  after their computer silent", f"{_span(c.confirm_s)} (a probe timing out + poll)"),
+        ("  hard cuts", ", ".join(c.hard_cuts) or "none"),
+    ]
+    if len(c.down_s) < len(c.names):
+        rows.append(("  NOT down", ", ".join(n for n in c.names if n not in c.down_s)))
+    if len(c.fed_off_s) < len(c.fed):
+        rows.append(("  fed NOT off", ", ".join(n for n in c.fed if n not in c.fed_off_s)))
+    return rows
+
+
 def report(
     house: BenchHouse,
     poll_s: float,
@@ -558,8 +740,20 @@ def report(
         ("hung", f"{len(house.hung)} ({hung_kasa} Kasa, {len(house.hung) - hung_kasa} Tuya)"),
         ("poll interval", f"{poll_s:g} s"),
     ]
+    if house.computers:
+        aliases = ", ".join(c.alias for c in house.computers)
+        fed = ", ".join(f"{c.name} by {c.plug.name}" for c in house.computers if c.plug)
+        rows += [
+            ("computers", f"{len(house.computers)} linux, sshd on 127.0.0.1 ({aliases})"),
+            ("  fed by their own plug", fed),
+            ("  refusing after sshd stops", f"{COMPUTER_REFUSE_S:g} s, then silent"),
+        ]
+    else:
+        rows.append(("computers", f"none (no {SSHD_PATH})"))
     goal_s = poll_s + 1.0
-    n_healthy = len(house.plugs) - len(house.hung)
+    switchable = f"healthy plugs: {len(house.healthy)}"
+    if house.computers:
+        switchable += f", fed plugs: {len(house.feeding)}, computers: {len(house.computers)}"
     shed_s = loadshed.timing.all_off_s if loadshed is not None else None
     if loadshed is not None:
         t = loadshed.timing
@@ -570,10 +764,12 @@ def report(
             ("  waiting for the next poll", f"{_s(t.detect_s)} (cut just after one: worst case)"),
             ("  switching (poll -> last off)", _s(t.switching_s)),
             ("  first plug off", _s(t.first_off_s)),
-            ("  switch-offs started", f"{loadshed.switched} (healthy plugs: {n_healthy})"),
+            ("  switch-offs started", f"{loadshed.switched} ({switchable})"),
         ]
         if t.still_on:
             rows.append(("  NOT switched off", ", ".join(t.still_on)))
+        if loadshed.computers is not None:
+            rows += _computer_rows(loadshed.computers, loadshed.shutdowns)
     naive_s: float | None = None
     if naive is not None:
         t = naive.timing
@@ -633,7 +829,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.poll < MIN_POLL_S:
         print(f"--poll must be at least {MIN_POLL_S:g} s (loadshed's minimum)", file=sys.stderr)
         return 2
-    house = BenchHouse()
+    with_computers = sshd_available()
+    if not with_computers:
+        print(f"note: no {SSHD_PATH} (or ssh, ssh-keygen): the run has no computers", flush=True)
+    house = BenchHouse(computers=with_computers)
     n_hung = len(house.hung) if args.naive_hung is None else args.naive_hung
     if not 0 <= n_hung <= len(house.hung):
         print(f"--naive-hung must be from 0 to {len(house.hung)}", file=sys.stderr)
@@ -643,7 +842,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     tuya_hung = [p for p in house.hung if p.kind == "Tuya"]
     alternating = [p for pair in zip(kasa_hung, tuya_hung, strict=True) for p in pair]
     naive_hung = alternating[:n_hung]
-    healthy = [p for p in house.plugs if p not in house.hung]
+    healthy = house.healthy
 
     quit_event = threading.Event()
     loadshed: LoadshedResult | None = None
@@ -656,6 +855,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"127.0.0.1, hung: {', '.join(p.name for p in house.hung)}",
             flush=True,
         )
+        if house.computers:
+            where = [f"{c.alias} at {c.host.address}" for c in house.computers]
+            print(f"house: computers on sshd: {', '.join(where)}", flush=True)
         with tempfile.TemporaryDirectory(prefix="loadshed-bench-") as tmp:
             loadshed = run_loadshed(house, healthy, Path(tmp), args.poll, echo=args.verbose)
         if not args.skip_naive:

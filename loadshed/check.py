@@ -151,14 +151,17 @@ def _switch_row(device: Device) -> Row:
 async def _computer_row(device: Device, computer: Computer) -> Row:
     """Not only reachable: the shutdown would work (key login, host key, sudo), unrun."""
     assert isinstance(device.switch, ComputerSwitch)
-    outcome = await device.switch.preflight()
+    route, outcome = await asyncio.gather(
+        device.switch.resolver.route(computer), device.switch.preflight()
+    )
     if outcome.is_ok:
-        state = "up, shutdown allowed" if computer.uses_ssh else f"up (port {computer.port})"
+        state = "up, shutdown allowed" if computer.uses_ssh else f"up (port {route.port})"
     else:
         state = ""
-    return Row(
-        computer.name, computer.kind, computer.address, outcome, state, describe_rule(device.rule)
-    )
+    address = route.describe()
+    if route.address != computer.address:  # an ssh_config alias: say where it leads
+        address = f"{computer.address} → {address}"
+    return Row(computer.name, computer.kind, address, outcome, state, describe_rule(device.rule))
 
 
 def _name_warnings(rows: Sequence[Row], config: Config, computers: Sequence[Computer]) -> list[str]:

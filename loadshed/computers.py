@@ -20,8 +20,20 @@ from loadshed.errors import ConfigError
 from loadshed.model import Kind
 
 KINDS: Final = {k.value: k for k in (Kind.LINUX, Kind.SOLARIS, Kind.MACOS, Kind.WINDOWS)}
-OPTIONS: Final = ("name", "port", "mac", "shed_below", "powered_by", "command", "wake_to", "via")
+OPTIONS: Final = (
+    "name",
+    "port",
+    "mac",
+    "shed_below",
+    "powered_by",
+    "command",
+    "wake_to",
+    "down_wait",
+    "via",
+)
 SSH_PORT: Final = 22
+HOST_DOWN_WAIT_S: Final = 120  # longest wait for a computer to go down before its plug is cut
+HOST_DOWN_WAIT_MAX_S: Final = 3600  # a down_wait= beyond an hour is a typo, not a slow RAID
 WOL_PORT: Final = 9  # the discard port, where Wake-on-LAN packets traditionally go
 SMB_PORT: Final = 445  # `net rpc shutdown` and `shutdown /m` reach Windows over SMB
 DEFAULT_COMMANDS: Final[dict[Kind, tuple[str, ...]]] = {
@@ -42,9 +54,9 @@ class Computer:
     """One line of computers.txt."""
 
     kind: Kind
-    host: str
+    host: str  # as written: an address, a DNS name or an ssh_config Host alias
     name: str
-    port: int
+    port: int | None  # None: not given, so ssh (and its ssh_config) decides
     user: str | None = None
     mac: str | None = None  # normalised "aa:bb:cc:dd:ee:ff"
     shed_below: int | None = None  # None: SHED_BELOW / DEFAULT_SHED_BELOW decide
@@ -53,6 +65,7 @@ class Computer:
     wake_to: str | None = None  # None: the limited broadcast, 255.255.255.255
     wake_port: int = WOL_PORT
     via_ssh: bool = False
+    down_wait_s: float = HOST_DOWN_WAIT_S
     line: int = 0
 
     @property
@@ -66,7 +79,8 @@ class Computer:
 
     @property
     def address(self) -> str:
-        return f"{self.host}:{self.port}"
+        """The host as written, with the port when computers.txt gives one."""
+        return self.host if self.port is None else f"{self.host}:{self.port}"
 
     @property
     def shutdown_command(self) -> tuple[str, ...]:
@@ -104,6 +118,15 @@ def parse_computers(text: str, path: Path) -> tuple[Computer, ...]:
             )
         seen[key] = number
         computers.append(computer)
+    for computer in computers:
+        fed_by = (computer.powered_by or "").casefold()
+        if fed_by in seen:
+            raise ConfigError(
+                path,
+                computer.line,
+                f"powered_by={computer.powered_by!r} names a computer (line {seen[fed_by]})",
+                "give the name of the plug that feeds it (a Kasa or Tuya plug)",
+            )
     return tuple(computers)
 
 
@@ -179,12 +202,11 @@ def _build(
     if via is not None and via != "ssh":
         raise fail(f"via={via!r} is not known", "the only choice is via=ssh (Windows' OpenSSH)")
     via_ssh = via == "ssh"
-    default_port = SMB_PORT if kind is Kind.WINDOWS and not via_ssh else SSH_PORT
-
-    port = default_port
+    # Over SSH the port is ssh's to choose (an ssh_config Port applies) unless given here.
+    port = SMB_PORT if kind is Kind.WINDOWS and not via_ssh else None
     if "port" in options:
         text = options["port"]
-        if not text.isdigit() or not 1 <= int(text) <= 65535:
+        if not _is_number(text) or not 1 <= int(text) <= 65535:
             raise fail(f"port={text!r} is not a port", "expected a whole number from 1 to 65535")
         port = int(text)
 
@@ -201,7 +223,7 @@ def _build(
     shed_below = None
     if "shed_below" in options:
         text = options["shed_below"]
-        if not text.isdigit() or not 0 <= int(text) <= 100:
+        if not _is_number(text) or not 0 <= int(text) <= 100:
             raise fail(
                 f"shed_below={text!r} is not a percentage",
                 "expected 0 (never shed) to 100 (shed at outage)",
@@ -238,12 +260,28 @@ def _build(
         if mac is None:
             raise fail("wake_to= without mac=", "Wake-on-LAN needs the computer's mac= too")
 
+    down_wait_s: float = HOST_DOWN_WAIT_S
+    if "down_wait" in options:
+        text = options["down_wait"]
+        if not _is_number(text) or not 1 <= int(text) <= HOST_DOWN_WAIT_MAX_S:
+            raise fail(
+                f"down_wait={text!r} is not a number of seconds",
+                f"expected a whole number from 1 to {HOST_DOWN_WAIT_MAX_S} "
+                f"(default {HOST_DOWN_WAIT_S})",
+            )
+        down_wait_s = int(text)
+
     name = options.get("name", host).strip()
     if not name:
         raise fail("name= is empty")
     powered_by = options.get("powered_by")
     if powered_by is not None and not powered_by.strip():
         raise fail("powered_by= is empty", "give the name of the plug that feeds this computer")
+    if powered_by is not None and powered_by.strip().casefold() == name.casefold():
+        raise fail(
+            f"powered_by={powered_by.strip()!r} names this computer itself",
+            "give the name of the plug that feeds it (a Kasa or Tuya plug)",
+        )
 
     return Computer(
         kind=kind,
@@ -258,8 +296,14 @@ def _build(
         wake_to=wake_to,
         wake_port=wake_port,
         via_ssh=via_ssh,
+        down_wait_s=down_wait_s,
         line=number,
     )
+
+
+def _is_number(text: str) -> bool:
+    """Plain ASCII digits: str.isdigit() also takes '²', which int() refuses."""
+    return text.isascii() and text.isdigit() and len(text) <= 6
 
 
 def check_power_rules(

@@ -22,6 +22,7 @@ from loadshed.config import Config
 from loadshed.drivers import Switch
 from loadshed.drivers.computer import ComputerSwitch
 from loadshed.drivers.kasa import KasaHost
+from loadshed.drivers.route import Resolver
 from loadshed.drivers.tuya import TuyaPlug, tuya_executor
 from loadshed.errors import ConfigError
 from loadshed.model import Kind, Outcome, Power, Status, Verb
@@ -112,9 +113,11 @@ class Registry:
                 executor=self._executor,
             )
             self._add(plug)
+        self.resolver = Resolver(config.ssh_config)  # one `ssh -G` cache for every computer
         for computer in computers:
             switch = ComputerSwitch(
                 computer,
+                resolver=self.resolver,
                 ssh_config=config.ssh_config,
                 windows_password=config.windows_password,
             )
@@ -174,7 +177,17 @@ class Registry:
         return [c.name for c in self.computers.values() if c.powered_by == plug]
 
     def link_error(self) -> ConfigError | None:
-        """A powered_by that names no device, once every Kasa host has answered."""
+        """A powered_by that names no plug, once every Kasa host has answered."""
+        for computer in self.computers.values():
+            fed_by = self.devices.get(computer.powered_by or "")
+            if fed_by is not None and fed_by.switch.kind not in PLUG_KINDS:
+                return ConfigError(
+                    self.computers_path,
+                    computer.line,
+                    f"powered_by={computer.powered_by!r} names a {fed_by.switch.kind.value} "
+                    "device, not a plug",
+                    "give the name of the Kasa or Tuya plug that feeds it",
+                )
         if self.pending:
             return None  # the plug may be an outlet of a host not reached yet
         for computer in self.computers.values():

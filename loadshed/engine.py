@@ -32,7 +32,9 @@ from loadshed import policy
 from loadshed.computers import Computer
 from loadshed.config import Config
 from loadshed.devices import Device, Registry
+from loadshed.drivers.computer import ComputerSwitch
 from loadshed.drivers.powerwall import PowerwallSource
+from loadshed.drivers.reach import Liveness
 from loadshed.model import (
     Action,
     Event,
@@ -92,6 +94,7 @@ class DeviceRow:
     shed_reason: str | None = None  # loadshed switched it off, and why
     busy: Verb | None = None
     pin: Pin | None = None
+    note: str = ""  # what keeps it as it is: "kept on: NAS is running"
 
 
 @dataclass(frozen=True, slots=True)
@@ -165,6 +168,7 @@ class Engine:
         self._inflight: dict[str, tuple[Action, asyncio.Task[None]]] = {}
         self._started_switching: set[str] = set()  # in flight and past their dependencies
         self._deferred: dict[str, Action] = {}  # forced actions waiting for a busy device
+        self._held: dict[str, str] = {}  # plugs kept on for their computers (policy Rule 9)
         self._closing = False
         self._recent: list[str] = []
         self._grid_since_wall: float | None = None
@@ -314,10 +318,39 @@ class Engine:
     # --- policy in, actions out ---------------------------------------------------------------
 
     def _device_views(self) -> list[policy.DeviceView]:
-        return [
-            policy.DeviceView(name, d.rule, d.power, self.state.pins.get(name))
-            for name, d in self.registry.devices.items()
-        ]
+        views = []
+        for name, d in self.registry.devices.items():
+            feeds = tuple(self.registry.powered_by(name))
+            pin = Pin.ON if self._kept_on_by(name) else self.state.pins.get(name)
+            computer = name in self.registry.computers
+            power = d.power
+            if computer and d.status is not Status.OK and d.power is Power.ON:
+                power = None  # it answered once, cannot be seen now: unknown, not on
+            views.append(
+                policy.DeviceView(
+                    name,
+                    d.rule,
+                    power,
+                    pin,
+                    shed_unseen=computer,
+                    feeds=feeds,
+                    busy=d.busy is not None,
+                )
+            )
+        return views
+
+    def _kept_on_by(self, plug: str) -> str | None:
+        """A computer pinned "keep on" keeps its plug on too: the first such, if any."""
+        return next(
+            (c for c in self.registry.powered_by(plug) if self.state.pins.get(c) is Pin.ON), None
+        )
+
+    def _note(self, name: str) -> str:
+        """What keeps a device as it is, for the screen."""
+        keeper = self._kept_on_by(name)
+        if keeper is not None:
+            return f"kept on: {keeper} is pinned on"
+        return self._held.get(name, "")
 
     def _shed_views(self) -> dict[str, policy.ShedView]:
         views = {}
@@ -334,6 +367,11 @@ class Engine:
     ) -> None:
         """Adopt the decision's memory and start its actions."""
         self._decision = decision
+        held = dict(decision.held)
+        for name, why in held.items():
+            if self._held.get(name) != why:
+                self._say(f"{name}: {why}")
+        self._held = held
         if decision.memory.hold != self.state.hold or decision.memory.paused != self.state.paused:
             self._set_state(
                 replace(self.state, hold=decision.memory.hold, paused=decision.memory.paused)
@@ -406,18 +444,22 @@ class Engine:
                 address=device.switch.address,
                 reason=old.reason if old is not None and old.confirmed else action.reason,
                 at=old.at if old is not None else self.wall(),
-                prior=Power.ON,
+                prior=old.prior if old is not None else device.power,
                 confirmed=False,
                 attempts=(old.attempts if old is not None else 0) + 1,
                 last_error=old.last_error if old is not None else "",
             )
         self.state = replace(self.state, shed=entries)
+        self._save_now()
+
+    def _save_now(self) -> None:
+        """Write the state before the switch it announces: the switch waits for the disk."""
         if not self.dry_run and self.store is not None:
-            self.store.save(self.state)  # synchronously: the switch waits for the disk
+            self.store.save(self.state)
 
     async def _act(self, action: Action, device: Device, batch: _Batch) -> None:
         """Run one action after its dependencies; its end is handled by `_ended`."""
-        await self._dependencies(action)
+        cycled = await self._dependencies(action)
         self._started_switching.add(action.device)
         try:
             if self.dry_run:
@@ -425,6 +467,8 @@ class Engine:
                 outcome = Outcome.ok(wanted, detail="dry run")
             elif action.verb is Verb.SHED:
                 outcome = await device.switch.off()
+            elif cycled is not None:
+                outcome = cycled
             else:
                 outcome = await device.switch.on()
         except asyncio.CancelledError:
@@ -437,11 +481,43 @@ class Engine:
         self.results.append((action, outcome))
         wanted = Power.OFF if action.verb is Verb.SHED else Power.ON
         if outcome.is_ok and outcome.power is wanted:
-            self._succeeded(action, device, batch)
+            self._succeeded(action, device, batch, outcome)
+        elif self._unseen_and_unreached(action, outcome):
+            self._not_reached(action, device, batch, outcome)
         else:
             self._failed(action, device, batch, outcome)
         if batch.left == 0:
             self._batch_done(batch)
+        if action.device in self.registry.computers and action.verb is Verb.SHED:
+            self.decide()  # its plug may be waiting for it (policy Rule 9)
+
+    def _unseen_and_unreached(self, action: Action, outcome: Outcome) -> bool:
+        """A computer the probe could not see, and ssh could not reach either: nothing was
+        sent, and nothing says it was on. That is ssh's answer (DESIGN §2: a shed records only
+        what was on)."""
+        entry = self.state.shed.get(action.device)
+        return (
+            action.verb is Verb.SHED
+            and outcome.status is Status.UNREACHABLE
+            and not outcome.sent
+            and entry is not None
+            and entry.prior is None
+            and not entry.confirmed
+        )
+
+    def _not_reached(self, action: Action, device: Device, batch: _Batch, outcome: Outcome) -> None:
+        device.power, device.failures, device.retry_at = Power.OFF, 0, 0.0
+        entries = dict(self.state.shed)
+        entries.pop(action.device, None)
+        self._set_state(replace(self.state, shed=entries))
+        self._say(
+            f"{action.device}: not shut down: {outcome.detail} — taken as off "
+            "(it is not restored after the outage)",
+            logging.WARNING,
+            event=True,
+        )
+        batch.left -= 1
+        batch.failed.append((action.device, f"not reached: {outcome.detail}"))
 
     def _ended(
         self, action: Action, device: Device, batch: _Batch, task: asyncio.Task[None]
@@ -476,46 +552,118 @@ class Engine:
         self._run_deferred(action.device)
         self._publish()
 
-    async def _dependencies(self, action: Action) -> None:
-        """Order within a batch: computers down before their plug; plugs on before computers."""
-        waits: list[asyncio.Task[None]] = []
-        if action.verb is Verb.SHED:
-            for fed in self.registry.powered_by(action.device):
-                inflight = self._inflight.get(fed)
-                if inflight is not None and inflight[0].verb is Verb.SHED:
-                    waits.append(inflight[1])
-        else:
-            computer = self.registry.computers.get(action.device)
-            plug = computer.powered_by if computer is not None else None
-            inflight = self._inflight.get(plug or "")
-            if inflight is not None and inflight[0].verb is Verb.RESTORE:
-                waits.append(inflight[1])
-            entry = self.state.shed.get(action.device)
-            if self.registry.powered_by(action.device) and entry is not None and entry.off_at:
-                pause = PLUG_CYCLE_S - (self.wall() - entry.off_at)
-                if pause > 0:
-                    self._say(
-                        f"{action.device}: keeping it off {pause:.0f} s more, so the "
-                        "computer behind it sees a power loss"
-                    )
-                    await asyncio.sleep(pause)
-        if waits:
-            names = ", ".join(n for n, (_, t) in self._inflight.items() if t in waits)
-            self._say(f"{action.device}: waiting for {names}")
-            await asyncio.wait(waits)
+    async def _dependencies(self, action: Action) -> Outcome | None:
+        """Order on restore: a plug stays off PLUG_CYCLE_S, and comes on before its computers.
 
-    def _succeeded(self, action: Action, device: Device, batch: _Batch) -> None:
+        (On shed the policy orders: a plug is not asked to go off before its computers are
+        down, Rule 9.) A computer whose plug never went off is brought back by a power cycle:
+        its outcome is returned, and the caller does not wake it again.
+        """
+        if action.verb is Verb.SHED:
+            return None
+        entry = self.state.shed.get(action.device)
+        if self.registry.powered_by(action.device) and entry is not None and entry.confirmed:
+            await self._keep_off(action.device, entry)
+            return None
+        computer = self.registry.computers.get(action.device)
+        plug = computer.powered_by if computer is not None else None
+        if plug is None or plug not in self.registry.devices:
+            return None
+        inflight = self._inflight.get(plug)
+        if inflight is not None and inflight[0].verb is Verb.RESTORE:
+            self._say(f"{action.device}: waiting for {plug}")
+            await asyncio.wait([inflight[1]])
+            return None
+        plug_entry = self.state.shed.get(plug)
+        if plug_entry is not None and plug_entry.confirmed:
+            return None  # off, and the policy brings it back (a retry, if it failed)
+        return await self._power_cycle(action.device, plug)
+
+    async def _keep_off(self, plug: str, entry: ShedEntry) -> None:
+        """Hold a plug off until it has been off PLUG_CYCLE_S, so the computer behind it sees a
+        power loss. Measured from a wall time in state.json, so clamped: a clock stepped back
+        at boot must not keep it off for an hour."""
+        off_for = self.wall() - (entry.off_at if entry.off_at is not None else self.wall())
+        pause = min(PLUG_CYCLE_S, max(0.0, PLUG_CYCLE_S - off_for))
+        if pause > 0:
+            self._say(
+                f"{plug}: keeping it off {pause:.0f} s more, so the computer behind it "
+                "sees a power loss"
+            )
+            await asyncio.sleep(pause)
+
+    async def _power_cycle(self, name: str, plug: str) -> Outcome:
+        """Bring back a computer whose plug never went off (the grid came back while it shut
+        down, or loadshed was stopped in between): its BIOS powers it on only after a real
+        power loss. Wait until it is down, cycle the plug (recorded before it is switched, like
+        any shed), then wake it."""
+        switch = self.registry.devices[name].switch
+        plug_device = self.registry.devices[plug]
+        if not isinstance(switch, ComputerSwitch):
+            return await switch.on()
+        seen = await switch.look()
+        if seen.liveness is Liveness.ANSWERS:
+            return Outcome.ok(Power.ON, detail="already up")
+        self._say(
+            f"{name}: {plug} never went off; waiting for {name} to be down, then switching "
+            f"{plug} off for {PLUG_CYCLE_S:g} s so it powers on again"
+        )
+        down = await switch.wait_down()
+        self._say(f"{name}: {down.detail}")
+        if plug_device.busy is not None:
+            return Outcome.failed(f"{plug} is busy; trying again")
+        plug_device.busy = Verb.SHED
+        try:
+            entries = dict(self.state.shed)
+            entries[plug] = ShedEntry(
+                name=plug,
+                kind=plug_device.switch.kind,
+                address=plug_device.switch.address,
+                reason=f"power cycle for {name}",
+                at=self.wall(),
+                attempts=1,
+            )
+            self.state = replace(self.state, shed=entries)
+            self._save_now()
+            cut = await plug_device.switch.off()
+            plug_device.learn(cut)
+            if not (cut.is_ok and cut.power is Power.OFF):
+                return Outcome.failed(
+                    f"could not switch {plug} off to power-cycle it: {cut.detail}"
+                )
+            entries = dict(self.state.shed)
+            entries[plug] = replace(entries[plug], confirmed=True, off_at=self.wall())
+            self._set_state(replace(self.state, shed=entries))
+            await asyncio.sleep(PLUG_CYCLE_S)
+            back = await plug_device.switch.on()
+            plug_device.learn(back)
+            if not (back.is_ok and back.power is Power.ON):
+                return Outcome.failed(f"could not switch {plug} back on: {back.detail}")
+            entries = dict(self.state.shed)
+            entries.pop(plug, None)
+            self._set_state(replace(self.state, shed=entries))
+            self._say(f"{plug}: on (power-cycled for {name})", event=True)
+        finally:
+            plug_device.busy = None
+        return await switch.on()
+
+    def _succeeded(self, action: Action, device: Device, batch: _Batch, outcome: Outcome) -> None:
         device.failures, device.retry_at = 0, 0.0
         entries = dict(self.state.shed)
+        said = f" ({outcome.detail})" if action.device in self.registry.computers else ""
         if action.verb is Verb.SHED:
             if action.device in entries:
                 entries[action.device] = replace(
-                    entries[action.device], confirmed=True, last_error="", off_at=self.wall()
+                    entries[action.device],
+                    confirmed=True,
+                    last_error="",
+                    off_at=self.wall(),
+                    prior=Power.ON,  # it took the shutdown: it was on
                 )
-            self._say(f"{action.device}: off", event=True)
+            self._say(f"{action.device}: off{said}", event=True)
         else:
             entries.pop(action.device, None)
-            self._say(f"{action.device}: on", event=True)
+            self._say(f"{action.device}: on{said}", event=True)
         self._set_state(replace(self.state, shed=entries))
         batch.left -= 1
         batch.done.append(action.device)
@@ -575,7 +723,8 @@ class Engine:
             entry, device = entries.get(name), self.registry.devices.get(name)
             off = device is not None and device.power is Power.OFF
             if entry is not None and off and not entry.confirmed:
-                entries[name] = replace(entry, confirmed=True)
+                # When it went off is not known: from now, so a plug cycle is never cut short.
+                entries[name] = replace(entry, confirmed=True, off_at=self.wall())
                 changed = True
         if changed:
             self._set_state(replace(self.state, shed=entries))
@@ -611,6 +760,10 @@ class Engine:
             for name, (action, task) in list(self._inflight.items()):
                 if action.verb is Verb.SHED and name not in self._started_switching:
                     task.cancel()
+            for name in self.registry.computers:
+                device = self.registry.devices.get(name)
+                if device is not None and device.status is not Status.OK and device.busy is None:
+                    device.power = None  # "taken as off" held for the outage; unknown again
         if reading.grid is Grid.OFF and self._outage_since_wall is None:
             self._outage_since_wall = self._grid_since_wall
         if reading.grid is Grid.ON and not self.memory.outage and not self.state.shed:
@@ -667,6 +820,7 @@ class Engine:
                 self.state.shed[name].reason if name in self.state.shed else None,
                 d.busy,
                 self.state.pins.get(name),
+                self._note(name),
             )
             for name, d in self.registry.devices.items()
         ]

@@ -52,6 +52,7 @@ class Outcome:
     power: Power | None = None
     detail: str = ""  # one human line: "no answer in 3 s", "wrong local key"
     watts: float | None = None  # present power draw when the device measures it
+    sent: bool = True  # False: the device was never reached, so nothing was asked of it
 
     @classmethod
     def ok(cls, power: Power | None, *, watts: float | None = None, detail: str = "") -> Outcome:
@@ -62,8 +63,8 @@ class Outcome:
         return cls(Status.FAILED, None, detail)
 
     @classmethod
-    def unreachable(cls, detail: str) -> Outcome:
-        return cls(Status.UNREACHABLE, None, detail)
+    def unreachable(cls, detail: str, *, sent: bool = True) -> Outcome:
+        return cls(Status.UNREACHABLE, None, detail, sent=sent)
 
     @property
     def is_ok(self) -> bool:

@@ -15,7 +15,8 @@ Rule 5: on-grid continuously for `restore_after_s` → restore everything loadsh
         UNKNOWN readings in between neither restart nor complete it.
 Rule 6: a device is switched off only when it was seen on (a device already off before the
         outage is never recorded, so never switched on); a shed whose switch was not confirmed
-        is asked for again (the engine spaces the retries).
+        is asked for again (the engine spaces the retries). A computer whose state cannot be
+        read (`shed_unseen`) is still sent its shutdown: ssh's own answer then decides.
 Rule 7: forced shed sheds every non-essential device and holds them off — no automatic restore
         — until a forced restore or the end of the next outage. Forced restore brings back
         everything loadshed shed; during an outage it also pauses automatic shedding until the
@@ -23,6 +24,10 @@ Rule 7: forced shed sheds every non-essential device and holds them off — no a
 Rule 8: the owner's pins win over every rule above, whatever the grid: a device pinned "keep
         on" is never shed and is brought back now if it was; one pinned "keep off" is switched
         off now and never brought back until unpinned.
+Rule 9: a plug that feeds computers (`feeds`) is switched off only once every one of them is
+        down: its shutdown confirmed (seen silent, or its bounded wait over), or seen off
+        without one. Never while one is switching or booting, pinned "keep on", failed its
+        shutdown, or was never sent one. Until then the plug is `held`, and says why.
 """
 
 from __future__ import annotations
@@ -60,8 +65,11 @@ class DeviceView:
 
     name: str
     shed_below: int  # 0 essential, 1-99 shed below that battery %, 100 shed at outage
-    power: Power | None  # last power read; None: never read
+    power: Power | None  # last power read; None: never read, or cannot be read
     pin: Pin | None = None  # the owner's override
+    shed_unseen: bool = False  # a computer: sent its shutdown even when power is unknown
+    feeds: tuple[str, ...] = ()  # a plug: the computers it powers (computers.txt powered_by=)
+    busy: bool = False  # an action is in flight on it
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,6 +106,7 @@ class Decision:
     shed_at: float | None = None  # when the pending outage confirmation is due
     unknown_for_s: float = 0.0  # how long the Powerwall has been unreadable
     changed: Grid | None = None  # the grid changed to this (not on the first reading)
+    held: tuple[tuple[str, str], ...] = ()  # plugs kept on for their computers, and why
 
 
 def decide(
@@ -109,7 +118,53 @@ def decide(
     rules: Rules,
 ) -> Decision:
     """Return the actions to take now, with reasons, and the memory to pass next time."""
-    return _with_pins(_decide(reading, now, memory, shed, devices, rules), shed, devices)
+    decision = _with_pins(_decide(reading, now, memory, shed, devices, rules), shed, devices)
+    return _hold_plugs(decision, shed, devices)
+
+
+def _hold_plugs(
+    decision: Decision, shed: Mapping[str, ShedView], devices: Sequence[DeviceView]
+) -> Decision:
+    """Rule 9: no plug is cut under a computer that is not down."""
+    views = {d.name: d for d in devices}
+    held: list[tuple[str, str]] = []
+    actions: list[Action] = []
+    for action in decision.actions:
+        device = views.get(action.device)
+        if action.verb is Verb.SHED and device is not None and device.feeds:
+            waiting = [n for n in device.feeds if not _is_down(views.get(n), shed.get(n))]
+            if waiting:
+                held.append((action.device, _why_held(waiting, views, shed)))
+                continue
+        actions.append(action)
+    return replace(decision, actions=tuple(actions), held=tuple(held))
+
+
+def _is_down(computer: DeviceView | None, entry: ShedView | None) -> bool:
+    if computer is None:
+        return True  # not a device loadshed knows: nothing of its to protect
+    if computer.busy or computer.pin is Pin.ON:
+        return False
+    if entry is not None:
+        return entry.confirmed
+    return computer.power is Power.OFF
+
+
+def _why_held(
+    waiting: Sequence[str], views: Mapping[str, DeviceView], shed: Mapping[str, ShedView]
+) -> str:
+    parts = []
+    for name in waiting:
+        view, entry = views.get(name), shed.get(name)
+        if view is not None and view.pin is Pin.ON:
+            parts.append(f"{name} is pinned on")
+        elif view is not None and view.busy:
+            parts.append(f"{name} is switching")
+        elif entry is not None:
+            parts.append(f"{name} has not shut down")
+        else:
+            parts.append(f"{name} is running")
+    return "kept on: " + ", ".join(parts)
 
 
 def _with_pins(
@@ -153,7 +208,7 @@ def _decide(
 
     if reading.grid is Grid.OFF:
         return _off_grid(reading, now, since, memory, shed, devices, rules, changed)
-    return _on_grid(now, since, memory, shed, rules, changed)
+    return _on_grid(now, since, memory, shed, devices, rules, changed)
 
 
 def _off_grid(
@@ -205,7 +260,7 @@ def _off_grid(
 
 def _wants_switching_off(device: DeviceView, entry: ShedView | None) -> bool:
     """Rule 6: switch off what is seen on, and retry a switch not seen to go off."""
-    if device.power is Power.ON:
+    if device.power is Power.ON or (device.power is None and device.shed_unseen):
         return True
     return entry is not None and not entry.confirmed
 
@@ -215,14 +270,17 @@ def _on_grid(
     since: float,
     memory: Memory,
     shed: Mapping[str, ShedView],
+    devices: Sequence[DeviceView],
     rules: Rules,
     changed: Grid | None,
 ) -> Decision:
     memory = replace(memory, paused=False)
+    if memory.hold:
+        # A forced shed holds: what it could not switch yet (a plug waiting for its computer,
+        # a failed switch) is asked for again, as in an outage.
+        return Decision(_forced_sheds(shed, devices, FORCED), memory, changed=changed)
     if not shed:
         return Decision((), replace(memory, outage=False), changed=changed)
-    if memory.hold:
-        return Decision((), memory, changed=changed)
     restore_at = since + rules.restore_after_s
     if now < restore_at:
         return Decision((), memory, restore_at=restore_at, changed=changed)
@@ -246,14 +304,22 @@ def force_shed(
     reason: str = FORCED,
 ) -> Decision:
     """Shed every non-essential device now, whatever the grid, and hold them off."""
-    actions = tuple(
+    held = memory.grid is not Grid.OFF or not memory.outage
+    decision = Decision(
+        _forced_sheds(shed, devices, reason),
+        replace(memory, hold=held or memory.hold, paused=False),
+    )
+    return _hold_plugs(_with_pins(decision, shed, devices), shed, devices)
+
+
+def _forced_sheds(
+    shed: Mapping[str, ShedView], devices: Sequence[DeviceView], reason: str
+) -> tuple[Action, ...]:
+    return tuple(
         Action(Verb.SHED, d.name, reason)
         for d in devices
         if d.shed_below > ESSENTIAL and _wants_switching_off(d, shed.get(d.name))
     )
-    held = memory.grid is not Grid.OFF or not memory.outage
-    decision = Decision(actions, replace(memory, hold=held or memory.hold, paused=False))
-    return _with_pins(decision, shed, devices)
 
 
 def force_restore(
@@ -265,7 +331,8 @@ def force_restore(
     """Bring back everything loadshed shed; during an outage, pause automatic shedding."""
     actions = tuple(Action(Verb.RESTORE, name, reason) for name in sorted(shed))
     paused = memory.grid is Grid.OFF and memory.outage
-    return _with_pins(Decision(actions, replace(memory, hold=False, paused=paused)), shed, devices)
+    decision = Decision(actions, replace(memory, hold=False, paused=paused))
+    return _hold_plugs(_with_pins(decision, shed, devices), shed, devices)
 
 
 def _pct(battery: float, towards: Callable[[float], int]) -> str:

@@ -36,6 +36,7 @@ EVENTS_FILE: Final = "events.log"
 EVENTS_MAX_BYTES: Final = 1_000_000  # a year of outages fits in one file; three are kept
 EVENTS_BACKUPS: Final = 3
 EVENTS_LOGGER: Final = "loadshed.events"
+PRIOR_UNKNOWN: Final = "unknown"  # a computer sent its shutdown without being seen on
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,7 +48,7 @@ class ShedEntry:
     address: str
     reason: str
     at: float  # wall-clock time of the decision
-    prior: Power = Power.ON  # only devices seen on are shed
+    prior: Power | None = Power.ON  # seen on; None: a computer the probe could not see
     confirmed: bool = False  # the device was seen to go off
     attempts: int = 0
     last_error: str = ""
@@ -162,7 +163,7 @@ def _encode(state: State) -> dict[str, Any]:
                 "address": e.address,
                 "reason": e.reason,
                 "at": e.at,
-                "prior": e.prior.value,
+                "prior": e.prior.value if e.prior is not None else PRIOR_UNKNOWN,
                 "confirmed": e.confirmed,
                 "attempts": e.attempts,
                 "last_error": e.last_error,
@@ -186,7 +187,7 @@ def _decode(doc: Any) -> State:
             address=str(e["address"]),
             reason=str(e["reason"]),
             at=float(e["at"]),
-            prior=Power(e["prior"]),
+            prior=None if e["prior"] == PRIOR_UNKNOWN else Power(e["prior"]),
             confirmed=bool(e["confirmed"]),
             attempts=int(e.get("attempts", 0)),
             last_error=str(e.get("last_error", "")),

@@ -613,6 +613,8 @@ def _cells(row: DeviceRow) -> Mapping[str, tuple[str, Style | None]]:
     pin = row.pin
     rule = (f"pin: {pin.value}", Style.PIN) if pin is not None else (describe_rule(row.rule), None)
     shed = (f"SHED {row.shed_reason}", Style.SHED) if row.shed_reason is not None else ("", None)
+    if row.note and row.shed_reason is None:
+        shed = (row.note, Style.WARN)
     return {
         "name": (row.name, None),
         "kind": (row.kind.value, None),
@@ -632,6 +634,9 @@ def device_state(row: DeviceRow) -> tuple[str, Style | None]:
         return ("waking" if computer else "switching on"), Style.WARN
     if row.status is None:
         return "not read yet", Style.DIM
+    if computer and row.status is Status.UNREACHABLE and row.power is not Power.ON:
+        # A computer that is off is silent: that is not an error.
+        return ("off" if row.power is Power.OFF else "unknown: not answering"), Style.DIM
     if row.status is Status.UNREACHABLE:
         return (f"unreachable: {row.detail}" if row.detail else "unreachable"), Style.WARN
     if row.status is Status.FAILED:
@@ -720,6 +725,8 @@ def _detail(row: DeviceRow | None, width: int) -> Line:
         text.add(" · ").add(f"pinned: {row.pin.value}", Style.PIN)
     if row.shed_reason is not None:
         text.add(" · ").add(f"SHED: {row.shed_reason}", Style.SHED)
+    if row.note:
+        text.add(" · ").add(row.note, Style.WARN)
     return text.line(width)
 
 

@@ -153,24 +153,27 @@ def test_computers_get_a_shutdown_preflight_that_never_shuts_down(
     closed = socket.create_server(("127.0.0.1", 0))
     closed_port = closed.getsockname()[1]
     closed.close()
-    with SshHost() as nas, SshHost(sudo_needs_password=True, client_key=nas.client_key) as box:
+    with (
+        SshHost(alias="nas") as nas,
+        SshHost(alias="sunbox", sudo_needs_password=True, client_key=nas.client_key) as box,
+    ):
         (tmp_path / "ssh_config").write_text(combined_ssh_config([nas, box]))
         config.write_text(config.read_text() + f"SSH_CONFIG = {str(tmp_path / 'ssh_config')!r}\n")
         (tmp_path / "computers.txt").write_text(
-            f"linux {nas.user}@127.0.0.1 port={nas.port} name=NAS shed_below=30 "
-            "mac=02:00:00:00:00:01\n"
-            f"solaris {box.user}@127.0.0.1 port={box.port} name=Sunbox mac=02:00:00:00:00:02\n"
+            "linux nas name=NAS shed_below=30 mac=02:00:00:00:00:01\n"
+            "solaris sunbox name=Sunbox mac=02:00:00:00:00:02\n"
             f"windows 127.0.0.1 port={closed_port} name=GamePC\n"
         )
         result = run_loadshed("check", "--config", str(config), cwd=tmp_path)
         assert nas.shutdowns() == [] and box.shutdowns() == []  # nothing was shut down
         assert nas.is_up and box.is_up
     assert result.code == 1
-    assert result.row("NAS").split()[1:4] == ["linux", f"127.0.0.1:{nas.port}", "yes"]
+    assert result.row("NAS").split()[1:5] == ["linux", "nas", "→", f"127.0.0.1:{nas.port}"]
+    assert result.row("NAS").split()[5] == "yes"
     assert "up, shutdown allowed" in result.row("NAS") and "shed below 30 %" in result.row("NAS")
     assert "sudoers" in result.detail_after("Sunbox")
     assert result.row("GamePC").split()[1:4] == ["windows", f"127.0.0.1:{closed_port}", "NO"]
-    assert "refused" in result.detail_after("GamePC")
+    assert "refuses connections: it is on, but" in result.detail_after("GamePC")
     assert "GamePC (computers.txt:3) will not come back after an outage by itself" in result.out
 
 

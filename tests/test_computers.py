@@ -29,7 +29,7 @@ def test_design_example_parses_into_typed_values() -> None:
         kind=Kind.LINUX,
         host="nas.lan",
         name="nas.lan",
-        port=22,
+        port=None,
         user="admin",
         mac="00:11:22:33:44:55",
         powered_by="NAS plug",
@@ -64,7 +64,7 @@ def test_shipped_computers_txt_is_all_comments() -> None:
         if line.startswith(("# linux", "# solaris", "# macos", "# windows"))
     )
     assert [c.name for c in parse_computers(uncommented, PATH)] == [
-        "nas.lan",
+        "NAS",
         "sunbox",
         "iMac",
         "gamepc",
@@ -89,10 +89,10 @@ def test_options_in_any_order_and_quoted_command() -> None:
     )
 
 
-def test_windows_via_ssh_uses_port_22_and_windows_shutdown() -> None:
+def test_windows_via_ssh_uses_ssh_s_port_and_windows_shutdown() -> None:
     (c,) = parse_computers("windows admin@gamepc via=ssh\n", PATH)
     assert (c.port, c.uses_ssh, c.shutdown_command) == (
-        22,
+        None,
         True,
         ("shutdown", "/s", "/f", "/t", "0"),
     )
@@ -161,6 +161,19 @@ def test_missing_file_is_no_computers_unless_asked_for(tmp_path: Path) -> None:
         ),
         pytest.param("linux host wake_to=192.0.2.255", "wake_to= without mac=", id="wake-no-mac"),
         pytest.param('linux host powered_by=""', "powered_by= is empty", id="powered-empty"),
+        pytest.param(
+            "linux nas name=NAS powered_by=nas",
+            "powered_by='nas' names this computer itself",
+            id="powered-by-itself",
+        ),
+        pytest.param("linux host port=²", "port='²' is not a port", id="port-superscript"),
+        pytest.param("linux host down_wait=0", "down_wait='0' is not a number", id="down-wait-0"),
+        pytest.param(
+            "linux host down_wait=2m", "down_wait='2m' is not a number", id="down-wait-text"
+        ),
+        pytest.param(
+            "linux host down_wait=99999", "expected a whole number from 1 to 3600", id="down-big"
+        ),
     ],
 )
 def test_bad_line_names_file_line_and_fix(line: str, expected: str) -> None:
@@ -169,6 +182,24 @@ def test_bad_line_names_file_line_and_fix(line: str, expected: str) -> None:
     message = str(info.value)
     assert message.startswith("computers.txt:3: ")
     assert expected in message
+
+
+def test_powered_by_a_computer_is_refused_on_its_line() -> None:
+    with pytest.raises(ConfigError) as info:
+        parse_computers('linux nas powered_by="Big box"\nlinux box name="Big box"\n', PATH)
+    assert str(info.value) == (
+        "computers.txt:1: powered_by='Big box' names a computer (line 2) — "
+        "give the name of the plug that feeds it (a Kasa or Tuya plug)"
+    )
+
+
+def test_port_is_ssh_s_to_choose_unless_given() -> None:
+    alias, given, smb = parse_computers(
+        "linux nas\nlinux nas2 port=2222 down_wait=300\nwindows pc\n", PATH
+    )
+    assert (alias.port, alias.address, alias.down_wait_s) == (None, "nas", 120)
+    assert (given.port, given.address, given.down_wait_s) == (2222, "nas2:2222", 300)
+    assert smb.port == 445
 
 
 def test_duplicate_name_names_both_lines() -> None:

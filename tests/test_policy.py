@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import replace
 
 import pytest
 from hypothesis import given, settings
@@ -181,7 +182,8 @@ def test_force_shed_spares_essentials_and_holds_until_forced_restore() -> None:
     assert names(forced.actions, Verb.SHED) == {"Heater", "TV", "Freezer"}
     assert forced.memory.hold
     shed = {n: ShedView("forced") for n in ("Heater", "TV", "Freezer")}
-    later = decide(reading(Grid.ON), 10_000, forced.memory, shed, DEVICES, RULES)
+    after = tuple(replace(d, power=Power.OFF) if d.name in shed else d for d in DEVICES)
+    later = decide(reading(Grid.ON), 10_000, forced.memory, shed, after, RULES)
     assert later.actions == ()
     back = force_restore(later.memory, shed)
     assert names(back.actions, Verb.RESTORE) == {"Heater", "TV", "Freezer"}
@@ -319,3 +321,85 @@ def test_the_reading_taken_at_start_makes_the_next_one_a_change() -> None:
     decision = decide(reading(Grid.OFF), 1, memory, {}, DEVICES, RULES)
     assert decision.changed is Grid.OFF
     assert observe(reading(Grid.UNKNOWN, None), 2, memory) == memory
+
+
+NAS_HOUSE = (
+    DeviceView("NAS plug", 100, Power.ON, feeds=("NAS",)),
+    DeviceView("NAS", 100, Power.ON, shed_unseen=True),
+    DeviceView("Heater", 100, Power.ON),
+)
+
+
+def with_nas(**changes: object) -> tuple[DeviceView, ...]:
+    return tuple(replace(d, **changes) if d.name == "NAS" else d for d in NAS_HOUSE)
+
+
+def test_a_plug_is_held_on_until_the_computer_it_feeds_is_down() -> None:
+    first = decide(reading(Grid.OFF), 10, on_grid_memory(), {}, NAS_HOUSE, RULES)
+    assert names(first.actions, Verb.SHED) == {"NAS", "Heater"}
+    assert first.held == (("NAS plug", "kept on: NAS is running"),)
+    shutting = decide(
+        reading(Grid.OFF),
+        12,
+        first.memory,
+        {"NAS": ShedView("off-grid", confirmed=False)},
+        with_nas(busy=True),
+        RULES,
+    )
+    assert "NAS plug" not in names(shutting.actions, Verb.SHED)
+    assert shutting.held == (("NAS plug", "kept on: NAS is switching"),)
+    down = decide(
+        reading(Grid.OFF),
+        14,
+        shutting.memory,
+        {"NAS": ShedView("off-grid")},
+        with_nas(power=Power.OFF),
+        RULES,
+    )
+    assert names(down.actions, Verb.SHED) == {"NAS plug", "Heater"}
+    assert down.held == ()
+
+
+@pytest.mark.parametrize(
+    ("entry", "changes", "why"),
+    [
+        pytest.param(
+            ShedView("off-grid", confirmed=False), {}, "NAS has not shut down", id="failed-fast"
+        ),
+        pytest.param(None, {"pin": Pin.ON}, "NAS is pinned on", id="pinned"),
+        pytest.param(None, {"shed_below": 0}, "NAS is running", id="essential"),
+        pytest.param(
+            ShedView("off-grid"), {"busy": True}, "NAS is switching", id="restoring-or-booting"
+        ),
+        pytest.param(None, {"power": None}, "NAS is running", id="cannot-be-seen"),
+    ],
+)
+def test_a_plug_is_never_cut_under_a_computer_that_is_not_down(
+    entry: ShedView | None, changes: dict[str, object], why: str
+) -> None:
+    shed = {"NAS": entry} if entry is not None else {}
+    devices = with_nas(**changes)
+    memory = Memory(grid=Grid.OFF, since=0, outage=True)
+    for decision in (
+        decide(reading(Grid.OFF, 5), 10, memory, shed, devices, RULES),
+        force_shed(on_grid_memory(), shed, devices),
+    ):
+        assert "NAS plug" not in names(decision.actions, Verb.SHED)
+        assert decision.held == (("NAS plug", f"kept on: {why}"),)
+
+
+def test_a_computer_that_cannot_be_read_is_still_sent_its_shutdown() -> None:
+    devices = with_nas(power=None)
+    decision = decide(reading(Grid.OFF), 10, on_grid_memory(), {}, devices, RULES)
+    assert "NAS" in names(decision.actions, Verb.SHED)
+    plug_unknown = (DeviceView("Lamp", 100, None),)
+    assert decide(reading(Grid.OFF), 10, on_grid_memory(), {}, plug_unknown, RULES).actions == ()
+
+
+def test_a_forced_shed_keeps_asking_for_what_it_could_not_switch_yet() -> None:
+    forced = force_shed(on_grid_memory(), {}, NAS_HOUSE)
+    assert names(forced.actions, Verb.SHED) == {"NAS", "Heater"}
+    shed = {"NAS": ShedView("forced"), "Heater": ShedView("forced")}
+    after = tuple(replace(d, power=Power.OFF) if d.name in shed else d for d in NAS_HOUSE)
+    later = decide(reading(Grid.ON), 100, forced.memory, shed, after, RULES)
+    assert names(later.actions, Verb.SHED) == {"NAS plug"}

@@ -17,7 +17,11 @@ class Switch(Protocol):
 
     name: str  # unique, the owner's own name for it (Kasa alias, Tuya name)
     kind: Kind
-    address: str  # "192.168.1.20:9999", shown in tables
+
+    @property
+    def address(self) -> str:
+        """Where it is reached, shown in tables: "192.168.1.20:9999"."""
+        ...
 
     async def read(self) -> Outcome:
         """Read whether it is on. Never raises."""

@@ -36,8 +36,7 @@ from pathlib import Path
 from typing import Final
 
 from loadshed.computers import SSH_PORT, Computer
-from loadshed.drivers.reach import probe_port
-from loadshed.model import Kind, Outcome, Power, Status
+from loadshed.model import Kind, Outcome, Power
 
 _LOG = logging.getLogger(__name__)
 
@@ -50,8 +49,6 @@ SERVER_ALIVE_INTERVAL_S: Final = 2  # a host that vanishes mid-command is notice
 SERVER_ALIVE_COUNT: Final = 2  # 2 x 2 s without an answer, not after TCP's minutes
 KILL_WAIT_S: Final = 2.0  # after SIGKILL, longest wait for the process to be reaped
 KEY_OPTIONS_WAIT_S: Final = 2.0  # after login, longest wait for the server's key options
-PROBE_TIMEOUT_S: Final = 2.0  # one TCP probe of wait_down / wait_up
-POLL_S: Final = 1.0  # default interval between probes of wait_down / wait_up
 DETAIL_MAX_CHARS: Final = 160  # an Outcome's detail is one line in a table
 
 KEY_REJECTED: Final = "SSH key not accepted: copy your key with ssh-copy-id {login}"
@@ -177,7 +174,8 @@ def ssh_command(
         argv += ["-o", f"{key}={value}"]
     if remote is None:
         argv.append("-N")
-    argv += ["-p", str(computer.port)]
+    if computer.port is not None:  # otherwise the ssh_config's Port (or 22) applies
+        argv += ["-p", str(computer.port)]
     if computer.user:
         argv += ["-l", computer.user]
     argv += ["--", computer.host]  # the parser refused hosts starting with '-'; belt and braces
@@ -254,14 +252,10 @@ async def preflight(computer: Computer, *, ssh_config: Path | None, timeout_s: f
     return preflight_outcome(computer, probe, done)
 
 
-async def wait_down(host: str, port: int, *, timeout_s: float, poll_s: float = POLL_S) -> bool:
-    """Probe host:port every poll_s until it stops answering; True if it did within timeout_s."""
-    return await _wait_for(host, port, up=False, timeout_s=timeout_s, poll_s=poll_s)
-
-
-async def wait_up(host: str, port: int, *, timeout_s: float, poll_s: float = POLL_S) -> bool:
-    """Probe host:port every poll_s until it answers; True if it did within timeout_s."""
-    return await _wait_for(host, port, up=True, timeout_s=timeout_s, poll_s=poll_s)
+def child_env() -> dict[str, str]:
+    """This process's environment for a child (ssh, its ProxyCommand, Samba's `net`), less
+    loadshed's own secrets (the LOADSHED_* variables)."""
+    return {k: v for k, v in os.environ.items() if not k.startswith("LOADSHED_")}
 
 
 async def run_bounded(
@@ -331,7 +325,7 @@ async def _spawn(
         stdin=asyncio.subprocess.DEVNULL,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
-        env=dict(env) if env is not None else None,
+        env=dict(env) if env is not None else child_env(),
         start_new_session=True,  # no terminal to prompt on; one process group to kill
     )
 
@@ -396,7 +390,9 @@ async def _login(computer: Computer, *, ssh_config: Path | None, timeout_s: floa
 def _ssh_failure(computer: Computer, stderr: str) -> Outcome | None:
     """ssh's own failure to connect or log in, in words naming the fix; None if not one."""
     login = (
-        computer.target if computer.port == SSH_PORT else f"-p {computer.port} {computer.target}"
+        computer.target
+        if computer.port in (None, SSH_PORT)
+        else f"-p {computer.port} {computer.target}"
     )
     if _has(stderr, _CONFIG_TEXTS):
         return Outcome.failed(f"ssh config: {_last_line(stderr)}")
@@ -408,7 +404,9 @@ def _ssh_failure(computer: Computer, stderr: str) -> Outcome | None:
         return Outcome.failed(KEY_REJECTED.format(login=login))
     for text, detail in _UNREACHABLE_TEXTS:
         if text in stderr:
-            return Outcome.unreachable(detail.format(port=computer.port, host=computer.host))
+            port = computer.port if computer.port is not None else "ssh"
+            # Before the login nothing was asked of the host: no shutdown was sent.
+            return Outcome.unreachable(detail.format(port=port, host=computer.host), sent=False)
     return None
 
 
@@ -454,22 +452,6 @@ def _sudoers_path(computer: Computer) -> str:
     if command.startswith("/"):
         return command
     return f"/usr/sbin/{command}" if computer.kind is Kind.SOLARIS else f"/sbin/{command}"
-
-
-async def _wait_for(host: str, port: int, *, up: bool, timeout_s: float, poll_s: float) -> bool:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout_s
-    while True:
-        remaining = deadline - loop.time()
-        if remaining <= 0:
-            return False
-        probe = await probe_port(host, port, min(PROBE_TIMEOUT_S, remaining))
-        if (probe.status is Status.OK) is up:
-            return True
-        remaining = deadline - loop.time()
-        if remaining <= 0:
-            return False
-        await asyncio.sleep(min(poll_s, remaining))
 
 
 def _has(text: str, needles: Sequence[str]) -> bool:

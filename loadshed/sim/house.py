@@ -34,6 +34,8 @@ from loadshed.sim.tuya import TuyaPlugSim
 TICK_S: Final = 0.2  # real seconds between battery-model steps
 AC_LOSS_S: Final = 5.0  # a BIOS powers the computer on when its plug returns after this long
 MACS: Final = {"NAS": "02:4c:53:00:00:01", "Workstation": "02:4c:53:00:00:02"}
+ALIASES: Final = {"NAS": "nas", "Workstation": "workstation"}  # the ssh_config Host names
+PLUGS: Final = {"NAS": "NAS plug"}  # computer → the plug it lives on (BIOS: on after AC loss)
 KASA_USERNAME: Final = "owner@example.com"  # the simulated TP-Link account (KLAP plug)
 POWERWALL_NAME: Final = "Powerwall"
 
@@ -112,7 +114,9 @@ class SimHouse:
             self._sim_of.update(dict.fromkeys(names, sim))
         self.shed_below = {"Router": 0, "Aquarium": 0, "Freezer": 30, "Dehumidifier": 50}
         self.hosts: dict[str, SshHost] = {}
-        self.hard_cuts: list[str] = []  # computers whose plug went off while they were up
+        self.hard_cuts: list[str] = []  # computers whose plug went off while they were running
+        self.plug_cycles: list[tuple[str, float]] = []  # a fed plug back on: (name, s it was off)
+        self.boot_s = 0.0  # a computer powered on answers on its port this long after
         self._plug_off_since: dict[str, float] = {}
         self._wol: asyncio.DatagramTransport | None = None
         self.wol_port = 0
@@ -135,20 +139,24 @@ class SimHouse:
         nas_plug = kasa_plug(self.outlets["NAS plug"])
         self.kasa.append(nas_plug)
         self._sim_of["NAS plug"] = nas_plug
-        nas = SshHost()
-        self.hosts = {"NAS": nas, "Workstation": SshHost(client_key=nas.client_key)}
+        nas = SshHost(alias=ALIASES["NAS"])
+        self.hosts = {
+            "NAS": nas,
+            "Workstation": SshHost(alias=ALIASES["Workstation"], client_key=nas.client_key),
+        }
         self._ssh_dir = Path(tempfile.mkdtemp(prefix="loadshed-sim-ssh-"))
 
-    def computers_text(self) -> str:
-        """A computers.txt for the house's computers (empty without them)."""
+    def computers_text(self, extra: dict[str, str] | None = None) -> str:
+        """A computers.txt for the house's computers (empty without them), naming each by its
+        ssh_config Host alias, as owners do; `extra` adds options to a computer's line."""
         if not self.hosts:
             return ""
-        nas, workstation = self.hosts["NAS"], self.hosts["Workstation"]
+        extra = extra or {}
         return (
             "# the simulated house's computers: real sshd on 127.0.0.1, recording shutdowns\n"
-            f'linux  {nas.user}@{nas.host}  port={nas.port} name=NAS powered_by="NAS plug"\n'
-            f"macos  {workstation.user}@{workstation.host}  port={workstation.port} "
-            f"name=Workstation mac={MACS['Workstation']} wake_to=127.0.0.1:{self.wol_port}\n"
+            f'linux  {ALIASES["NAS"]}  name=NAS powered_by="NAS plug" {extra.get("NAS", "")}\n'
+            f"macos  {ALIASES['Workstation']}  name=Workstation mac={MACS['Workstation']} "
+            f"wake_to=127.0.0.1:{self.wol_port} {extra.get('Workstation', '')}\n"
         )
 
     def _tuya(self, name: str, version: float, *, meter: bool = False) -> TuyaSpec:
@@ -195,24 +203,39 @@ class SimHouse:
                 await self._watch_plugs(now)
 
     async def _watch_plugs(self, now: float) -> None:
-        """The NAS lives on its plug: cut, it dies; back after AC_LOSS_S, its BIOS boots it."""
-        host, plug = self.hosts["NAS"], self.outlets["NAS plug"]
-        if not plug.on:
-            if "NAS plug" not in self._plug_off_since:
-                self._plug_off_since["NAS plug"] = now
-                if host.is_up:
-                    self.hard_cuts.append("NAS")
-                    await asyncio.to_thread(host.stop)
-            return
-        off_since = self._plug_off_since.pop("NAS plug", None)
-        if off_since is not None and now - off_since >= AC_LOSS_S and not host.is_up:
-            await asyncio.to_thread(host.start)
+        """A computer lives on its plug: cut while it runs (even while it flushes its disks,
+        refusing connections), it dies — a hard cut; back after AC_LOSS_S, its BIOS boots it."""
+        for name, plug_name in PLUGS.items():
+            host, plug = self.hosts[name], self.outlets[plug_name]
+            if not plug.on:
+                if plug_name not in self._plug_off_since:
+                    self._plug_off_since[plug_name] = now
+                    if host.is_powered:
+                        self.hard_cuts.append(name)
+                        await asyncio.to_thread(host.power_off)
+                continue
+            off_since = self._plug_off_since.pop(plug_name, None)
+            if off_since is None:
+                continue
+            self.plug_cycles.append((plug_name, now - off_since))
+            if now - off_since >= AC_LOSS_S and host.is_off:
+                self._boot(host)
 
     def wake(self, mac: str) -> None:
-        """A magic packet arrived for mac: power that computer on (on the loop thread)."""
+        """A magic packet arrived for mac: power that computer on, if it is off."""
         for name, host in self.hosts.items():
-            if MACS[name] == mac and not host.is_up:
-                asyncio.get_running_loop().run_in_executor(None, host.start)
+            if MACS[name] == mac and host.is_off:
+                self._boot(host)
+
+    def _boot(self, host: SshHost) -> None:
+        """Power host on: silent while it boots (boot_s), then its sshd answers."""
+        loop = asyncio.get_running_loop()
+        loop.call_later(self.boot_s, loop.run_in_executor, None, host.start)
+
+    @property
+    def ssh_config(self) -> Path:
+        """The house's client ssh_config (SSH_CONFIG in its config.py): one Host per computer."""
+        return self._ssh_dir / "ssh_config"
 
     def stop(self) -> None:
         """Stop every device and the loop. Safe to call twice."""
@@ -335,9 +358,8 @@ class SimHouse:
             "RESTORE_AFTER_SECONDS = 30",
         ]
         if self.hosts:
-            ssh_config = self._ssh_dir / "ssh_config"
-            ssh_config.write_text(combined_ssh_config(list(self.hosts.values())))
-            lines.append(f"SSH_CONFIG = {str(ssh_config)!r}")
+            self.ssh_config.write_text(combined_ssh_config(list(self.hosts.values())))
+            lines.append(f"SSH_CONFIG = {str(self.ssh_config)!r}")
         return "\n".join(lines) + "\n"
 
     def write_config(self, path: Path) -> Path:

@@ -25,8 +25,6 @@ from loadshed.drivers.ssh import (
     Finished,
     preflight,
     shutdown,
-    wait_down,
-    wait_up,
 )
 from loadshed.model import Kind, Outcome, Power, Status
 from loadshed.sim.ssh import SshHost
@@ -36,7 +34,6 @@ pytestmark = pytest.mark.timeout(60)
 TIMEOUT_S = 5.0  # the driver's timeout_s for calls that should finish
 HANG_TIMEOUT_S = 1.5  # the driver's timeout_s against a hung command
 HANG_CEILING_S = HANG_TIMEOUT_S + 2.0  # kill and reap included
-WAIT_S = 10.0  # wait_down / wait_up bound
 POLL_S = 0.05
 
 
@@ -97,33 +94,6 @@ def test_custom_command_arrives_whole_and_cannot_inject(host: SshHost, tmp_path:
     assert host.commands() == [shlex.join(argv)]
     assert host.parsed_commands() == [argv]  # the remote shell split it back exactly
     assert list(tmp_path.iterdir()) == []  # and ran none of it
-
-
-def test_after_shutdown_the_port_stops_answering(host: SshHost) -> None:
-    started = time.monotonic()
-    outcome = run_shutdown(host, host.computer())
-    shutdown_s = time.monotonic() - started
-
-    went_down = asyncio.run(wait_down(host.host, host.port, timeout_s=WAIT_S, poll_s=POLL_S))
-    down_s = time.monotonic() - started - shutdown_s
-
-    assert outcome.is_ok, outcome.detail
-    assert went_down
-    deadline = time.monotonic() + WAIT_S  # sshd's process outlives its listener a moment
-    while host.is_up and time.monotonic() < deadline:
-        time.sleep(POLL_S)
-    assert not host.is_up
-    print(f"shutdown round trip {shutdown_s:.2f} s, then down after {down_s:.2f} s")
-
-
-def test_wait_up_sees_it_come_back(host: SshHost) -> None:
-    host.stop()
-    assert not asyncio.run(wait_up(host.host, host.port, timeout_s=0.3, poll_s=POLL_S))
-
-    host.start()
-
-    assert asyncio.run(wait_up(host.host, host.port, timeout_s=WAIT_S, poll_s=POLL_S))
-    assert not asyncio.run(wait_down(host.host, host.port, timeout_s=0.3, poll_s=POLL_S))
 
 
 def test_a_host_that_hangs_up_while_going_down_is_ok(host: SshHost) -> None:
