@@ -39,7 +39,9 @@ class Pane:
 
     def __init__(self, command: list[str], cwd: Path) -> None:
         self.socket = f"loadshed-test-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-        self.env = {k: v for k, v in os.environ.items() if not k.startswith(("LOADSHED_", "TMUX"))}
+        # COLUMNS and LINES (pytest-xdist's workers set 80 x 24) would override the pane's size.
+        dropped = ("LOADSHED_", "TMUX", "COLUMNS", "LINES")
+        self.env = {k: v for k, v in os.environ.items() if not k.startswith(dropped)}
         self.env.pop("NO_COLOR", None)
         shell = "bash --norc --noprofile"
         # A non-interactive bash drops PS1 from its environment: give it to the last shell.
