@@ -12,7 +12,8 @@ Rule 4: during the same outage, a device shed for low battery comes back once th
         climbs above its % + TIER_HYSTERESIS_PCT (solar).
 Rule 5: on-grid continuously for `restore_after_s` → restore everything loadshed shed. A
         SystemTransitionToGrid reading is off-grid, so it (like any drop) restarts the clock.
-        UNKNOWN readings in between neither restart nor complete it.
+        UNKNOWN readings in between neither restart nor complete it — unless they last longer
+        than `restore_after_s`: then the clock starts again at the first on-grid reading.
 Rule 6: a device is switched off only when it was seen on (a device already off before the
         outage is never recorded, so never switched on); a shed whose switch was not confirmed
         is asked for again (the engine spaces the retries). A computer whose state cannot be
@@ -23,7 +24,8 @@ Rule 7: forced shed sheds every non-essential device and holds them off — no a
         grid is back.
 Rule 8: the owner's pins win over every rule above, whatever the grid: a device pinned "keep
         on" is never shed and is brought back now if it was; one pinned "keep off" is switched
-        off now and never brought back until unpinned.
+        off now and never brought back until unpinned. Unpinned, it goes back to its rule at
+        once: brought back now unless that rule has it off now.
 Rule 9: a plug that feeds computers (`feeds`) is switched off only once every one of them is
         down: its shutdown confirmed (seen silent, or its bounded wait over), or seen off
         without one. Never while one is switching or booting, pinned "keep on", failed its
@@ -118,8 +120,44 @@ def decide(
     rules: Rules,
 ) -> Decision:
     """Return the actions to take now, with reasons, and the memory to pass next time."""
-    decision = _with_pins(_decide(reading, now, memory, shed, devices, rules), shed, devices)
-    return _hold_plugs(decision, shed, devices)
+    decision = _decide(reading, now, memory, shed, devices, rules)
+    if reading.grid is not Grid.UNKNOWN:
+        decision = _unpinned(decision, reading, shed, devices)
+    return _hold_plugs(_with_pins(decision, shed, devices), shed, devices)
+
+
+def _unpinned(
+    decision: Decision,
+    reading: GridReading,
+    shed: Mapping[str, ShedView],
+    devices: Sequence[DeviceView],
+) -> Decision:
+    """Rule 8, unpinning: a device its "keep off" pin switched off goes back to its rule at
+    once — on now, unless that rule would have it off now."""
+    asked = {a.device for a in decision.actions}
+    memory = decision.memory
+    actions = list(decision.actions)
+    for device in devices:
+        entry = shed.get(device.name)
+        if device.pin is not None or entry is None or entry.reason != PINNED_OFF:
+            continue
+        if device.name in asked or _rule_wants_off(device, reading.battery_pct, memory):
+            continue
+        actions.append(Action(Verb.RESTORE, device.name, "unpinned: back to its rule"))
+    return replace(decision, actions=tuple(actions))
+
+
+def _rule_wants_off(device: DeviceView, battery: float | None, memory: Memory) -> bool:
+    """Whether the device's own rule has it off now (an outage confirmed, or a forced shed)."""
+    if device.shed_below <= ESSENTIAL:
+        return False
+    if memory.hold:
+        return True
+    if not (memory.grid is Grid.OFF and memory.outage) or memory.paused:
+        return False
+    if device.shed_below >= AT_OUTAGE:
+        return True
+    return battery is None or battery < device.shed_below
 
 
 def _hold_plugs(
@@ -202,6 +240,14 @@ def _decide(
         if memory.grid is not Grid.UNKNOWN:
             changed = reading.grid
         memory = replace(memory, grid=reading.grid, since=now, unknown_since=None)
+    elif (
+        reading.grid is Grid.ON
+        and memory.unknown_since is not None
+        and now - memory.unknown_since > rules.restore_after_s
+    ):
+        # Blind for longer than the restore delay: the grid may have dropped and come back
+        # meanwhile. The restore clock starts again from this reading (Rule 5).
+        memory = replace(memory, since=now, unknown_since=None)
     else:
         memory = replace(memory, unknown_since=None)
     since = memory.since if memory.since is not None else now
@@ -224,9 +270,9 @@ def _off_grid(
     confirm_at = since + rules.outage_confirm_s
     if now < confirm_at:
         return Decision((), memory, shed_at=confirm_at, changed=changed)
-    if not memory.outage:
-        # A confirmed outage ends any hold from a forced shed: its restore is the grid's.
-        memory = replace(memory, outage=True, hold=False)
+    # A confirmed outage ends any hold from a forced shed (even one pressed during the last
+    # restore delay, before `outage` was cleared): its restore is the grid's (Rule 7).
+    memory = replace(memory, outage=True, hold=False)
     if memory.paused:
         return Decision((), memory, changed=changed)
 

@@ -22,7 +22,7 @@ from typing import Final
 from loadshed.config import describe_rule
 from loadshed.engine import QUIT_WAIT_S, Command, CommandKind, DeviceRow, Snapshot
 from loadshed.model import Grid, Kind, Pin, Power, Status, Verb
-from loadshed.policy import ESSENTIAL
+from loadshed.policy import AT_OUTAGE, ESSENTIAL
 
 MIN_WIDTH: Final = 70  # the device table's columns, shrunk to their least, fit in this
 MIN_HEIGHT: Final = 14  # header, three device rows, one event line and the keys
@@ -200,6 +200,8 @@ class Confirm(Enum):
     SHED = "shed"
     RESTORE = "restore"
     QUIT = "quit"
+    UNPIN = "unpin"  # keep on → automatic, when its rule could switch the selected device off
+    KEEP_OFF = "keep off"  # switch the selected device off and keep it off
 
 
 @dataclass(frozen=True, slots=True)
@@ -217,7 +219,7 @@ class UiState:
 
     selected: str | None = None  # a device name: the selection follows it if rows move
     help: bool = False
-    confirm: Confirm | None = None
+    confirm: Confirm | None = None  # UNPIN and KEEP_OFF ask about the selected device
     message: str = ""  # what the last key did, until the next key
     quitting: bool = False
     demo: Demo | None = None
@@ -233,6 +235,7 @@ class Act(Enum):
     FIRST = "first"
     LAST = "last"
     PIN = "pin"
+    KEEP_OFF = "keep off"
     HELP = "help"
     QUIT = "quit"
     GRID = "grid"
@@ -259,7 +262,20 @@ KEYS: Final[tuple[Key, ...]] = (
     Key(("down", "j"), Act.DOWN, "↓ j", "", "select the device below"),
     Key(("home",), Act.FIRST, "Home", "", "select the first device"),
     Key(("end",), Act.LAST, "End", "", "select the last device"),
-    Key((" ",), Act.PIN, "space", "space pin", "pin it: keep on → keep off → automatic"),
+    Key(
+        (" ",),
+        Act.PIN,
+        "space",
+        "space keep on",
+        "keep it on; again: back to its rule (y/n if it would go off)",
+    ),
+    Key(
+        ("x",),
+        Act.KEEP_OFF,
+        "x",
+        "x keep off",
+        "switch it off and keep it off (y/n); again: back to its rule",
+    ),
     Key(("g",), Act.GRID, "g", "g grid", "cut or restore the simulated grid", demo=True),
     Key(("+", "="), Act.SOLAR_UP, "+", "+- solar", "add 1 kW of solar", demo=True),
     Key(("-", "_"), Act.SOLAR_DOWN, "-", "", "remove 1 kW of solar (0: by time of day)", demo=True),
@@ -267,7 +283,17 @@ KEYS: Final[tuple[Key, ...]] = (
     Key(("q",), Act.QUIT, "q", "q quit", "quit; asks when something is shed (it stays off)"),
 )
 _BY_NAME: Final[Mapping[str, Key]] = {name: key for key in KEYS for name in key.names}
-PIN_CYCLE: Final[Mapping[Pin | None, Pin | None]] = {None: Pin.ON, Pin.ON: Pin.OFF, Pin.OFF: None}
+# What a pin key makes of the selected device's pin. No press sends Pin.OFF without a y, nor
+# hands a device pinned keep on back to a rule that would switch it off now (`_rule_switches_off`).
+PIN_NEXT: Final[Mapping[tuple[Act, Pin | None], Pin | None]] = {
+    (Act.PIN, None): Pin.ON,
+    (Act.PIN, Pin.ON): None,
+    (Act.PIN, Pin.OFF): Pin.ON,
+    (Act.KEEP_OFF, None): Pin.OFF,
+    (Act.KEEP_OFF, Pin.ON): Pin.OFF,
+    (Act.KEEP_OFF, Pin.OFF): None,
+}
+PIN_ASKED: Final[Mapping[Confirm, Pin | None]] = {Confirm.UNPIN: None, Confirm.KEEP_OFF: Pin.OFF}
 YES: Final = frozenset({"y", "Y"})
 
 
@@ -287,7 +313,7 @@ def handle_key(key: str, ui: UiState, snap: Snapshot) -> KeyResult:
     if ui.quitting:
         return KeyResult(ui)
     if ui.confirm is not None:
-        return _answer(key in YES, replace(ui, confirm=None), ui.confirm)
+        return _answer(key in YES, replace(ui, confirm=None), ui.confirm, snap)
     if ui.help:
         return KeyResult(replace(ui, help=False))
     found = _BY_NAME.get(key)
@@ -306,21 +332,72 @@ def handle_key(key: str, ui: UiState, snap: Snapshot) -> KeyResult:
         return KeyResult(replace(ui, help=True))
     if act in (Act.UP, Act.DOWN, Act.FIRST, Act.LAST):
         return KeyResult(_move(ui, rows, act))
-    if act is Act.PIN:
-        index = selected_index(rows, ui)
-        if index is None:
-            return KeyResult(replace(ui, message="no device to pin"))
-        row = rows[index]
-        pin = PIN_CYCLE[row.pin]
-        said = pin.value if pin is not None else "automatic (its rule)"
-        return KeyResult(
-            replace(ui, selected=row.name, message=f"{row.name}: {said}"),
-            Command(CommandKind.PIN, device=row.name, pin=pin),
-        )
+    if act in (Act.PIN, Act.KEEP_OFF):
+        return _pin_key(act, ui, snap)
     return KeyResult(ui, demo=found.names[0])
 
 
-def _answer(yes: bool, ui: UiState, question: Confirm) -> KeyResult:
+def _pin_key(act: Act, ui: UiState, snap: Snapshot) -> KeyResult:
+    """Pin the selected device; ask first when that could switch it off."""
+    index = selected_index(snap.devices, ui)
+    if index is None:
+        return KeyResult(replace(ui, message="no device to pin"))
+    row = snap.devices[index]
+    ui = replace(ui, selected=row.name)
+    pin = PIN_NEXT[act, row.pin]
+    if pin is Pin.OFF:
+        return KeyResult(replace(ui, confirm=Confirm.KEEP_OFF))
+    if pin is None and row.pin is Pin.ON and _rule_switches_off(row, snap) is not None:
+        return KeyResult(replace(ui, confirm=Confirm.UNPIN))
+    return _pinned(ui, row.name, pin)
+
+
+def _pinned(ui: UiState, device: str, pin: Pin | None) -> KeyResult:
+    said = pin.value if pin is not None else "automatic (its rule)"
+    return KeyResult(
+        replace(ui, message=f"{device}: {said}"), Command(CommandKind.PIN, device=device, pin=pin)
+    )
+
+
+def _rule_switches_off(row: DeviceRow, snap: Snapshot) -> str | None:
+    """Why the device's own rule would have it off now, in words; None when it would not.
+
+    Read from the snapshot as policy.py reads its memory: a forced shed holds every device that
+    is not essential off; off grid (the outage confirmed or about to be, and shedding not paused
+    by a forced restore) a rule of 100 sheds, and a tier 1-99 sheds below its battery % — or may,
+    when the battery cannot be read.
+    """
+    if row.rule <= ESSENTIAL:
+        return None
+    if snap.hold:
+        return "it is switched off now (forced shed)"
+    if snap.reading.grid is not Grid.OFF or snap.paused:
+        return None
+    when = "once the outage is confirmed" if snap.shed_at is not None else "now"
+    if row.rule >= AT_OUTAGE:
+        return f"it is switched off {when}"
+    battery = snap.reading.battery_pct
+    if battery is None:
+        return f"it may be switched off {when} (battery unknown)"
+    if battery < row.rule:
+        return f"it is switched off {when} (battery {math.floor(battery)} %)"
+    return None
+
+
+def _asked_row(ui: UiState, snap: Snapshot) -> DeviceRow | None:
+    """The device a pin question is about: the selected one, by name."""
+    return next((r for r in snap.devices if r.name == ui.selected), None)
+
+
+def _answer(yes: bool, ui: UiState, question: Confirm, snap: Snapshot) -> KeyResult:
+    if question in PIN_ASKED:
+        row = _asked_row(ui, snap)
+        if row is None:
+            return KeyResult(replace(ui, message=f"{ui.selected}: no such device now"))
+        if not yes:
+            now = row.pin.value if row.pin is not None else "automatic"
+            return KeyResult(replace(ui, message=f"{row.name}: not changed, still {now}"))
+        return _pinned(ui, row.name, PIN_ASKED[question])
     if not yes:
         return KeyResult(replace(ui, message=f"{question.value}: not done"))
     if question is Confirm.QUIT:
@@ -431,7 +508,7 @@ def render(
         lines = _too_small(snap, ui, width, height, now)
     else:
         header = _header(snap, ui, width, now)
-        bottom = _bottom(ui, width)
+        bottom = _bottom(snap, ui, width)
         room = height - len(header) - len(bottom)
         middle = _help(ui, width, room) if ui.help else _body(snap, ui, width, room)
         lines = header + middle + bottom
@@ -455,7 +532,7 @@ def _too_small(snap: Snapshot, ui: UiState, width: int, height: int, now: float)
         _fit(Line("Make it larger, or press q to quit."), width),
     ]
     if ui.confirm is not None or ui.quitting:
-        lines[-1] = _bottom(ui, width)[0]
+        lines[-1] = _bottom(snap, ui, width)[0]
     return lines[: max(height, 0)]
 
 
@@ -466,6 +543,7 @@ def _header(snap: Snapshot, ui: UiState, width: int, now: float) -> list[Line]:
         _battery_line(snap, width),
         _time_left_line(snap, ui, width),
         _status_line(snap, width, now),
+        *(_Text(Style.BAD).add(f"  ! {problem}").line(width) for problem in snap.problems),
     ]
 
 
@@ -762,10 +840,27 @@ PROMPTS: Final[Mapping[Confirm, tuple[str, str]]] = {
     Confirm.SHED: ("Force a shed now?", "Every device not essential goes off, held off until r."),
     Confirm.RESTORE: ("Force a restore now?", "What loadshed switched off comes back on."),
     Confirm.QUIT: ("Quit?", "What loadshed switched off stays off: quitting does not restore."),
+    # Filled in with the selected device's {device}, {rule} and what that rule does now, {why}.
+    Confirm.UNPIN: ("{device} back to its rule ({rule}): {why}.", "n keeps the pin."),
+    Confirm.KEEP_OFF: (
+        "Switch {device} off and keep it off?",
+        "Its rule ({rule}) is set aside until x again.",
+    ),
 }
 
 
-def _bottom(ui: UiState, width: int) -> list[Line]:
+def _prompt(question: Confirm, ui: UiState, snap: Snapshot) -> tuple[str, str]:
+    """A question's words, about the selected device when it is a pin's."""
+    asked, meaning = PROMPTS[question]
+    row = _asked_row(ui, snap) if question in PIN_ASKED else None
+    if row is None:
+        return asked, meaning
+    why = _rule_switches_off(row, snap) or "nothing is switched off now"
+    words = {"device": row.name, "rule": describe_rule(row.rule), "why": why}
+    return asked.format_map(words), meaning.format_map(words)
+
+
+def _bottom(snap: Snapshot, ui: UiState, width: int) -> list[Line]:
     lines = []
     if ui.quitting:
         wait = f"{QUIT_WAIT_S:g} s"
@@ -773,7 +868,7 @@ def _bottom(ui: UiState, width: int) -> list[Line]:
             Line(f" stopping: switches in flight may finish (at most {wait})…", Style.PROMPT)
         )
     elif ui.confirm is not None:
-        question, meaning = PROMPTS[ui.confirm]
+        question, meaning = _prompt(ui.confirm, ui, snap)
         lines.append(Line(f" {question} y/n  {meaning} ", Style.PROMPT))
     elif ui.message:
         lines.append(Line(f" {ui.message}", Style.WARN))
@@ -782,7 +877,7 @@ def _bottom(ui: UiState, width: int) -> list[Line]:
 
 def _footer(ui: UiState, width: int) -> Line:
     items = [k.footer for k in KEYS if k.footer and (ui.demo is not None or not k.demo)]
-    optional = ["+- solar", "space pin", "↑↓ select"]  # dropped in this order when too narrow
+    optional = ["+- solar", "↑↓ select"]  # dropped in this order when too narrow
     while len("  ".join(items)) + 1 > width and optional:
         drop = optional.pop(0)
         if drop in items:

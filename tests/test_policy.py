@@ -403,3 +403,53 @@ def test_a_forced_shed_keeps_asking_for_what_it_could_not_switch_yet() -> None:
     after = tuple(replace(d, power=Power.OFF) if d.name in shed else d for d in NAS_HOUSE)
     later = decide(reading(Grid.ON), 100, forced.memory, shed, after, RULES)
     assert names(later.actions, Verb.SHED) == {"NAS plug"}
+
+
+@pytest.mark.parametrize(
+    ("rule", "battery", "back"),
+    [
+        pytest.param(0, 50.0, True, id="essential"),
+        pytest.param(30, 50.0, True, id="tier-above"),
+        pytest.param(30, 20.0, False, id="tier-below"),
+        pytest.param(100, 50.0, False, id="at-outage"),
+    ],
+)
+def test_unpinning_a_kept_off_device_hands_it_back_to_its_rule_at_once(
+    rule: int, battery: float, back: bool
+) -> None:
+    memory = Memory(grid=Grid.OFF, since=0, outage=True)
+    devices = (DeviceView("Aquarium", rule, Power.OFF),)  # pinned keep off, now automatic
+    shed = {"Aquarium": ShedView("pinned: keep off")}
+    decision = decide(reading(Grid.OFF, battery), 10, memory, shed, devices, RULES)
+    assert names(decision.actions, Verb.RESTORE) == ({"Aquarium"} if back else set())
+    assert not names(decision.actions, Verb.SHED)
+
+
+def test_a_forced_shed_in_the_restore_delay_ends_with_the_next_outage() -> None:
+    shed = {"Heater": ShedView("off-grid")}
+    memory = Memory(grid=Grid.OFF, since=0, outage=True)
+    d = decide(reading(Grid.ON), 100, memory, shed, DEVICES, RULES)  # grid back: delay runs
+    assert d.memory.outage and d.restore_at == 160
+    forced = force_shed(d.memory, shed, DEVICES)  # pressed during the restore delay
+    assert forced.memory.hold
+    shed = {n: ShedView("forced") for n in ("Heater", "TV", "Freezer")}
+    d = decide(reading(Grid.OFF), 200, forced.memory, shed, DEVICES, RULES)  # the next outage
+    assert not d.memory.hold
+    d = decide(reading(Grid.ON), 300, d.memory, shed, DEVICES, RULES)
+    d = decide(reading(Grid.ON), 360, d.memory, shed, DEVICES, RULES)
+    assert names(d.actions, Verb.RESTORE) == {"Heater", "TV", "Freezer"}
+
+
+def test_after_a_blind_spot_longer_than_the_delay_the_restore_clock_starts_again() -> None:
+    shed = {"Heater": ShedView("off-grid")}
+    memory = Memory(grid=Grid.OFF, since=0, outage=True)
+    d = decide(reading(Grid.ON), 100, memory, shed, DEVICES, RULES)
+    d = decide(reading(Grid.UNKNOWN, None), 110, d.memory, shed, DEVICES, RULES)
+    d = decide(reading(Grid.ON), 200, d.memory, shed, DEVICES, RULES)  # blind for 90 s > 60 s
+    assert d.actions == () and d.restore_at == 260
+    d = decide(reading(Grid.ON), 260, d.memory, shed, DEVICES, RULES)
+    assert names(d.actions, Verb.RESTORE) == {"Heater"}
+    short = decide(reading(Grid.ON), 100, memory, shed, DEVICES, RULES)
+    short = decide(reading(Grid.UNKNOWN, None), 110, short.memory, shed, DEVICES, RULES)
+    short = decide(reading(Grid.ON), 130, short.memory, shed, DEVICES, RULES)  # blind 20 s
+    assert short.restore_at == 160

@@ -8,6 +8,8 @@ import time
 from dataclasses import replace
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from loadshed.engine import Command, CommandKind, DeviceRow, Snapshot
 from loadshed.model import Grid, GridReading, Kind, Pin, Power, Status, Verb
@@ -18,6 +20,7 @@ from loadshed.view import (
     POWERWALL_2_WH,
     Confirm,
     Demo,
+    KeyResult,
     Line,
     Span,
     Style,
@@ -487,14 +490,208 @@ def test_the_selection_follows_its_device_when_rows_move() -> None:
     assert handle_key("j", ui, moved).ui.selected == "Space heater"
 
 
-@pytest.mark.parametrize(("pin", "next_pin"), [(None, Pin.ON), (Pin.ON, Pin.OFF), (Pin.OFF, None)])
-def test_space_cycles_the_pin_keep_on_keep_off_automatic(
-    pin: Pin | None, next_pin: Pin | None
+# --- pins: no single press switches a device off without asking -----------------------------------
+
+
+def pins(pin: Pin | None, rule: int = 100, snap: Snapshot | None = None) -> Snapshot:
+    """The house with one more device, the NAS, pinned as given and under the given rule."""
+    snap = snap if snap is not None else snapshot()
+    return replace(snap, devices=(row("Router", 0), row("NAS", rule, pin=pin), row("TV")))
+
+
+def press(keys: str, snap: Snapshot, ui: UiState | None = None) -> list[KeyResult]:
+    """Press each key in turn on the NAS; every result."""
+    ui = ui if ui is not None else UiState(selected="NAS")
+    results = []
+    for key in keys:
+        results.append(handle_key(key, ui, snap))
+        ui = results[-1].ui
+    return results
+
+
+def nas(pin: Pin | None) -> Command:
+    return Command(CommandKind.PIN, device="NAS", pin=pin)
+
+
+@pytest.mark.parametrize("pin", [None, Pin.OFF])
+@pytest.mark.parametrize(
+    "snap",
+    [snapshot(), off_grid(), snapshot(hold=True)],
+    ids=["on-grid", "off-grid", "hold"],
+)
+def test_space_pins_keep_on_without_asking(pin: Pin | None, snap: Snapshot) -> None:
+    [result] = press(" ", pins(pin, snap=snap))
+    assert result.command == nas(Pin.ON) and result.ui.confirm is None
+    assert result.ui.message == "NAS: keep on"
+
+
+@pytest.mark.parametrize(
+    ("snap", "rule"),
+    [
+        pytest.param(snapshot(), 100, id="on-grid"),
+        pytest.param(off_grid(), 0, id="essential-off-grid"),
+        pytest.param(off_grid(), 30, id="tier-above-its-pct"),
+        pytest.param(off_grid(paused=True), 100, id="shedding-paused-by-a-forced-restore"),
+        pytest.param(snapshot(hold=True), 0, id="essential-under-a-forced-shed"),
+    ],
+)
+def test_space_on_keep_on_unpins_without_asking_when_its_rule_keeps_it_on(
+    snap: Snapshot, rule: int
 ) -> None:
-    snap = snapshot(devices=(row("Router", 0), row("Heater", pin=pin)))
-    result = handle_key(" ", UiState(selected="Heater"), snap)
-    assert result.command == Command(CommandKind.PIN, device="Heater", pin=next_pin)
-    assert result.ui.message.startswith("Heater: ")
+    [result] = press(" ", pins(Pin.ON, rule, snap))
+    assert result.command == nas(None) and result.ui.confirm is None
+    assert result.ui.message == "NAS: automatic (its rule)"
+
+
+@pytest.mark.parametrize(
+    ("snap", "rule", "question"),
+    [
+        pytest.param(
+            off_grid(),
+            100,
+            "NAS back to its rule (shed at outage): it is switched off now. y/n",
+            id="off-grid",
+        ),
+        pytest.param(
+            snapshot(hold=True),
+            30,
+            "NAS back to its rule (shed below 30 %): it is switched off now (forced shed). y/n",
+            id="forced-shed-holds",
+        ),
+        pytest.param(
+            off_grid(),
+            60,
+            "NAS back to its rule (shed below 60 %): it is switched off now (battery 54 %). y/n",
+            id="tier-below-its-pct",
+        ),
+        pytest.param(
+            off_grid(reading=GridReading(Grid.OFF, "SystemIslandedActive")),
+            30,
+            "it may be switched off now (battery unknown). y/n",
+            id="tier-battery-unknown",
+        ),
+        pytest.param(
+            off_grid(shed_at=NOW + 5),
+            100,
+            "it is switched off once the outage is confirmed. y/n",
+            id="outage-not-confirmed-yet",
+        ),
+    ],
+)
+def test_space_on_keep_on_asks_before_its_rule_switches_it_off(
+    snap: Snapshot, rule: int, question: str
+) -> None:
+    snap = pins(Pin.ON, rule, snap)
+    [asked] = press(" ", snap)
+    assert asked.ui.confirm is Confirm.UNPIN and asked.command is None
+    lines = render(snap, asked.ui, 100, 30)
+    assert question in lines[-2].text and lines[-2].style is Style.PROMPT
+    assert lines[-2].text.startswith(" NAS back to its rule (")
+    kept = handle_key("n", asked.ui, snap)
+    assert kept.command is None and kept.ui.confirm is None
+    assert kept.ui.message == "NAS: not changed, still keep on"
+    done = handle_key("y", asked.ui, snap)
+    assert done.command == nas(None) and done.ui.message == "NAS: automatic (its rule)"
+
+
+def test_the_unpin_question_names_the_device_its_rule_and_the_consequence() -> None:
+    snap = pins(Pin.ON, 100, off_grid())
+    [asked] = press(" ", snap)
+    assert render(snap, asked.ui, 100, 30)[-2].text == (
+        " NAS back to its rule (shed at outage): it is switched off now. y/n  n keeps the pin. "
+    )
+    assert render(snap, asked.ui, MIN_WIDTH, MIN_HEIGHT)[-2].text.startswith(
+        " NAS back to its rule (shed at outage): it is switched off now. y/n"
+    )
+
+
+@pytest.mark.parametrize("pin", [None, Pin.ON])
+@pytest.mark.parametrize("snap", [snapshot(), off_grid()], ids=["on-grid", "off-grid"])
+def test_x_asks_before_switching_off_and_y_keeps_it_off(pin: Pin | None, snap: Snapshot) -> None:
+    snap = pins(pin, 0, snap)  # even an essential device: the owner may want it off
+    [asked] = press("x", snap)
+    assert asked.ui.confirm is Confirm.KEEP_OFF and asked.command is None
+    prompt = render(snap, asked.ui, 100, 30)[-2]
+    assert prompt.text.startswith(" Switch NAS off and keep it off? y/n  ")
+    assert "Its rule (essential) is set aside until x again." in prompt.text
+    assert prompt.style is Style.PROMPT
+    kept = handle_key("n", asked.ui, snap)
+    assert kept.command is None and kept.ui.message.startswith("NAS: not changed, still ")
+    done = handle_key("y", asked.ui, snap)
+    assert done.command == nas(Pin.OFF) and done.ui.message == "NAS: keep off"
+
+
+@pytest.mark.parametrize("snap", [snapshot(), off_grid()], ids=["on-grid", "off-grid"])
+def test_x_on_keep_off_goes_back_to_its_rule_without_asking(snap: Snapshot) -> None:
+    [result] = press("x", pins(Pin.OFF, 100, snap))
+    assert result.command == nas(None) and result.ui.confirm is None
+
+
+def test_a_pin_question_is_about_the_device_selected_when_asked() -> None:
+    snap = pins(None, snap=off_grid())
+    asked = handle_key("x", UiState(), snap)  # nothing selected yet: the first row
+    assert asked.ui.selected == "Router"
+    moved = replace(snap, devices=tuple(reversed(snap.devices)))
+    assert "Switch Router off" in render(moved, asked.ui, 100, 30)[-2].text
+    done = handle_key("y", asked.ui, moved)
+    assert done.command == Command(CommandKind.PIN, device="Router", pin=Pin.OFF)
+
+
+@pytest.mark.parametrize("demo", [None, Demo(60, 18)], ids=["run", "demo"])
+@pytest.mark.parametrize("width", [MIN_WIDTH, 80, 100])
+def test_the_key_bar_names_both_pin_keys_at_every_width(demo: Demo | None, width: int) -> None:
+    bar = render(snapshot(), UiState(demo=demo), width, 24)[-1].text
+    assert "space keep on  x keep off" in bar and bar.endswith("q quit")
+
+
+PIN_DEVICES = (
+    row("Router", 0),
+    row("NAS", pin=Pin.ON),
+    row("Freezer", 30),
+    row("Dehumidifier", 60, pin=Pin.ON),
+    row("Lamp", pin=Pin.OFF),
+)
+PRESSES = sorted({name for key in KEYS for name in key.names} | {"n", "N", "escape", "enter", "Z"})
+
+
+def sheds_now(device: DeviceRow, snap: Snapshot) -> bool:
+    """The issue's test of "its rule could switch it off now", written apart from view.py."""
+    if device.rule <= 0:
+        return False
+    battery = snap.reading.battery_pct
+    tier_sheds = device.rule >= 100 or battery is None or battery < device.rule
+    return snap.hold or (snap.reading.grid is Grid.OFF and tier_sheds)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    keys=st.lists(st.sampled_from(PRESSES), max_size=30),
+    snap=st.sampled_from(
+        [
+            snapshot(devices=PIN_DEVICES),
+            off_grid(devices=PIN_DEVICES),
+            snapshot(devices=PIN_DEVICES, hold=True),
+            off_grid(devices=PIN_DEVICES, reading=GridReading(Grid.OFF, "SystemIslandedActive")),
+        ]
+    ),
+    demo=st.booleans(),
+)
+def test_no_press_without_y_switches_a_device_off(
+    keys: list[str], snap: Snapshot, demo: bool
+) -> None:
+    """Whatever the order, without a y no key pins keep off, nor unpins into a shed."""
+    ui = UiState(demo=Demo(60, 18) if demo else None)
+    for key in keys:
+        result = handle_key(key, ui, snap)
+        ui, command = result.ui, result.command
+        if command is None or command.kind is not CommandKind.PIN:
+            continue
+        device = next(d for d in snap.devices if d.name == command.device)
+        assert command.pin is not Pin.OFF, (key, device)
+        if command.pin is None and device.pin is Pin.ON:
+            assert not sheds_now(device, snap), (key, device)
+        devices = tuple(replace(d, pin=command.pin) if d is device else d for d in snap.devices)
+        snap = replace(snap, devices=devices)
 
 
 def test_help_opens_and_any_key_closes_it_without_acting() -> None:
@@ -536,3 +733,10 @@ def test_plain_mode_never_imports_curses() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
     )
     assert done.stdout.strip() == "[]"
+
+
+def test_loadshed_s_own_trouble_is_on_screen() -> None:
+    problem = "cannot write state.json: No space left on device; shedding without a safety net"
+    lines = render(snapshot(problems=(problem,)), UiState(), 100, 30)
+    (line,) = [ln for ln in lines if "state.json" in ln.text]
+    assert line.text.strip() == f"! {problem}"

@@ -205,8 +205,9 @@ def test_demo_screen_cut_the_grid_restore_pin_quit(
     demo.wait_text("shedding paused by a forced restore until the grid is back")
 
     select(demo, "Aquarium")
-    demo.keys("Space")
+    demo.keys("Space")  # keep on never switches anything off: no question
     demo.wait("the pin on screen", rows_say(("Aquarium",), "pin: keep on"))
+    assert "y/n" not in demo.screen()
 
     demo.keys("g")  # the grid back: nothing to restore, nothing shed
     demo.wait_text("● on grid since")
@@ -249,13 +250,31 @@ def test_run_screen_against_a_simulated_house(
     pins = json.loads((state_dir / "state.json").read_text())["pins"]
     assert pins == {"Space heater": "on"}
 
+    run.keys("Space")  # back to its rule would switch it off again mid-outage: it asks
+    run.wait_text("Space heater back to its rule (shed at outage): it is switched off now. y/n")
+    run.keys("n")
+    run.wait_text("Space heater: not changed, still keep on")
+    assert "pin: keep on" in device_row(run.screen(), "Space heater")
+    assert house.is_on("Space heater")
+
     house.restore_grid()
     wait_until("every shed plug back on", lambda: all(map(house.is_on, SHEDDABLE)))
     run.wait("every row on again", rows_are_on(SHEDDABLE + ESSENTIAL))
     assert not house.is_on("Desk lamp")
+
+    select(run, "TV")
+    run.keys("x")  # keep off switches it off: it asks, even on grid
+    run.wait_text("Switch TV off and keep it off? y/n")
+    assert house.is_on("TV")
+    run.keys("y")
+    run.wait("the keep-off pin on screen", rows_say(("TV",), "pin: keep off"))
+    wait_until("the TV off", lambda: not house.is_on("TV"))
+    pins = json.loads((state_dir / "state.json").read_text())["pins"]
+    assert pins == {"Space heater": "on", "TV": "off"}
     quit_cleanly(run)
     events = (state_dir / "events.log").read_text()
     assert "grid lost" in events and "Space heater: keep on" in events
+    assert "TV: keep off" in events
     assert house.password not in run.screen() + events
 
 
