@@ -30,7 +30,10 @@ from loadshed.model import Kind, Outcome, Power, Status, Verb
 _LOG = logging.getLogger(__name__)
 
 PLUG_KINDS: Final = (Kind.KASA, Kind.TUYA)
-DEVICE_TIMEOUT_S: Final = 3.0  # one plug's answer; KLAP needs 2 s or more (drivers/kasa.py)
+# One plug's call (a switch and its read-back: two round trips). A Wi-Fi plug that answers in
+# 3 s is slow, not absent; KLAP needs 2 s or more (drivers/kasa.py). A hung plug holds only its
+# own task this long.
+DEVICE_TIMEOUT_S: Final = 8.0
 
 
 @dataclass
@@ -46,6 +49,7 @@ class Device:
     busy: Verb | None = None  # an action is in flight
     failures: int = 0  # failed actions in a row
     retry_at: float = 0.0  # monotonic time before which no new action is started
+    epoch: int = 0  # bumped when a switch begins and ends: a read that spans one is stale
 
     @property
     def name(self) -> str:
@@ -149,19 +153,18 @@ class Registry:
 
     async def connect_pending(self) -> list[str]:
         """Try every Kasa host not yet connected, concurrently; return the new device names."""
-        if not self.pending:
+        added = await asyncio.gather(*(self.connect_one(p) for p in list(self.pending)))
+        return [name for names in added for name in names]
+
+    async def connect_one(self, placeholder: Placeholder) -> list[str]:
+        """Try one Kasa host not yet connected; return its device names once it answers."""
+        outcome = await placeholder.host.connect()
+        if not outcome.is_ok:
+            placeholder.status, placeholder.detail = outcome.status, outcome.detail
             return []
-        outcomes = await asyncio.gather(*(p.host.connect() for p in self.pending))
-        added: list[str] = []
-        still: list[Placeholder] = []
-        for placeholder, outcome in zip(self.pending, outcomes, strict=True):
-            if not outcome.is_ok:
-                placeholder.status, placeholder.detail = outcome.status, outcome.detail
-                still.append(placeholder)
-                continue
-            for switch in placeholder.host.switches:
-                added.append(self._add(switch).name)
-        self.pending = still
+        if placeholder in self.pending:
+            self.pending.remove(placeholder)
+        added = [self._add(switch).name for switch in placeholder.host.switches]
         self._link_power()
         return added
 
@@ -206,9 +209,11 @@ class Registry:
     async def read(self, names: list[str]) -> None:
         """Read the named devices concurrently and learn what they say."""
         devices = [self.devices[n] for n in names if n in self.devices]
+        epochs = [d.epoch for d in devices]
         outcomes = await asyncio.gather(*(d.switch.read() for d in devices))
-        for device, outcome in zip(devices, outcomes, strict=True):
-            device.learn(outcome)
+        for device, epoch, outcome in zip(devices, epochs, outcomes, strict=True):
+            if device.epoch == epoch and device.busy is None:
+                device.learn(outcome)  # not a read that began before a switch and ended after
 
     async def close(self) -> None:
         await asyncio.gather(

@@ -16,6 +16,7 @@ Must not: block the loop on a device; act on an unknown grid; raise out of `run`
 from __future__ import annotations
 
 import asyncio
+import collections
 import functools
 import logging
 import queue
@@ -31,10 +32,11 @@ from typing import Any, Final
 from loadshed import policy
 from loadshed.computers import Computer
 from loadshed.config import Config
-from loadshed.devices import Device, Registry
+from loadshed.devices import Device, Placeholder, Registry
 from loadshed.drivers.computer import ComputerSwitch
 from loadshed.drivers.powerwall import PowerwallSource
 from loadshed.drivers.reach import Liveness
+from loadshed.errors import ConfigError
 from loadshed.model import (
     Action,
     Event,
@@ -57,6 +59,8 @@ POWERWALL_TIMEOUT_S: Final = 5.0  # one request to the gateway; a read gets 3 x 
 DEVICE_REFRESH_S: Final = 30.0  # re-read every device this often, to see hand switching
 RETRY_FIRST_S: Final = 2.0  # a failed device is tried again after this, doubling ...
 RETRY_MAX_S: Final = 60.0  # ... up to once a minute: a plug back on the network is found soon
+RETRY_DOUBLINGS_MAX: Final = 16  # the exponent's cap: far past RETRY_MAX_S already
+RESULTS_KEPT: Final = 1000  # outcomes kept for one-shot commands' reports; a daemon drops older
 PLUG_CYCLE_S: Final = 10.0  # a plug feeding a computer stays off this long, so the BIOS's
 # "power on after AC loss" sees a real power loss when it comes back on
 QUIT_WAIT_S: Final = 10.0  # on quit, how long switches in flight may take to finish
@@ -114,6 +118,7 @@ class Snapshot:
     dry_run: bool = False
     events: tuple[str, ...] = ()
     started: bool = False  # the first reads are done
+    problems: tuple[str, ...] = ()  # loadshed's own trouble, for the owner: "cannot write ..."
 
 
 @dataclass
@@ -170,28 +175,53 @@ class Engine:
         self._deferred: dict[str, Action] = {}  # forced actions waiting for a busy device
         self._held: dict[str, str] = {}  # plugs kept on for their computers (policy Rule 9)
         self._closing = False
+        self._reaching: asyncio.Task[ConfigError | None] | None = None  # devices still joining
         self._recent: list[str] = []
         self._grid_since_wall: float | None = None
         self._outage_since_wall: float | None = None
         self._powerwall_lost = False
         self._save_pending = False
+        self._dirty = False  # the state in memory is newer than state.json (a failed write)
+        self.disk_problem: str | None = None
         self._started = False
-        self.results: list[tuple[Action, Outcome]] = []  # every action's outcome, in order
+        # every action's outcome, in order (the last RESULTS_KEPT: a daemon runs for years)
+        self.results: collections.deque[tuple[Action, Outcome]] = collections.deque(
+            maxlen=RESULTS_KEPT
+        )
 
     # --- start and stop -----------------------------------------------------------------------
 
-    async def start(self) -> None:
-        """Load the state, reach every device and read its real state, read the grid."""
+    async def start(self, *, first_decision_s: float | None = None) -> None:
+        """Load the state, read the grid, reach every device and read its real state.
+
+        With `first_decision_s` (the daemon), the first decision waits for the Powerwall, not
+        for every device: devices still being reached after that long (one poll when the house
+        is already off grid) join as they answer, each with a decision of its own. Without it
+        (one-shot commands), every device is reached first.
+        """
         if self.store is not None:
             self.state = self.store.load()
+            for problem in self.store.problems:  # state.json was damaged: set aside, said here
+                self._say(problem, logging.ERROR, event=True)
+                self._emit_kind(EventKind.ATTENTION, problem)
             if self.state.shed:
                 names = ", ".join(sorted(self.state.shed))
                 self._say(f"state.json: loadshed had switched off {names}")
         self.memory = replace(self.memory, hold=self.state.hold, paused=self.state.paused)
-        _, self.reading = await asyncio.gather(self._connect_and_read_all(), self.grid.read())
-        error = self.registry.link_error()
-        if error is not None:
-            raise error
+        reach = asyncio.create_task(self._reach_all())
+        self.reading = await self.grid.read()
+        if first_decision_s is None:
+            await reach
+        else:
+            bound = first_decision_s if self.reading.grid is Grid.ON else self.config.poll_s
+            await asyncio.wait([reach], timeout=bound)
+        if reach.done():
+            error = reach.result()
+            if error is not None:
+                raise error
+        else:
+            self._reaching = reach
+            reach.add_done_callback(self._reached)
         self._started = True
         self.memory = policy.observe(self.reading, self.clock(), self.memory)
         if self.reading.grid is not Grid.UNKNOWN:
@@ -199,25 +229,57 @@ class Engine:
         devices = self.registry.devices.values()
         essential = sum(d.rule <= policy.ESSENTIAL for d in devices)
         grid = self.reading.grid.value if self.reading.status is Status.OK else self.reading.detail
+        waiting = len(self.registry.pending) + sum(d.status is None for d in devices)
         self._say(
             f"ready: {len(devices)} devices ({essential} essential), {grid}, "
             f"battery {_pct(self.reading)}"
+            + (f"; {waiting} still being reached" if waiting else "")
         )
         self._publish()
 
-    async def _connect_and_read_all(self) -> None:
-        await self.registry.connect_pending()
-        await self.registry.read(list(self.registry.devices))
-        self._reconcile_reads(list(self.registry.devices))
-        for placeholder in self.registry.pending:
-            self._say(f"Kasa {placeholder.host.address}: {placeholder.detail}", logging.WARNING)
-        for device in self.registry.devices.values():
-            if device.status is not Status.OK:
-                self._say(f"{device.name}: {device.detail}", logging.WARNING)
+    async def _reach_all(self) -> ConfigError | None:
+        """Connect every Kasa host and read every device, each as soon as it answers; the
+        first config error found on the way (a powered_by naming no plug), if any."""
+
+        async def read(names: Sequence[str]) -> None:
+            await self.registry.read(list(names))
+            self._reconcile_reads(names)
+            for name in names:
+                device = self.registry.devices[name]
+                if device.status is not Status.OK and name not in self.registry.computers:
+                    self._say(f"{name}: {device.detail}", logging.WARNING)
+            if self._started and not self._closing:
+                self.decide()  # a device that joins late is decided on at once
+
+        async def connect(placeholder: Placeholder) -> None:
+            added = await self.registry.connect_one(placeholder)
+            if placeholder in self.registry.pending:
+                self._say(f"Kasa {placeholder.host.address}: {placeholder.detail}", logging.WARNING)
+            await read(added)
+
+        await asyncio.gather(
+            *(read([name]) for name in list(self.registry.devices)),
+            *(connect(p) for p in list(self.registry.pending)),
+        )
+        return self.registry.link_error()
+
+    def _reached(self, task: asyncio.Task[ConfigError | None]) -> None:
+        """The devices reached after the first decision: a late config error is said loudly."""
+        self._reaching = None
+        if task.cancelled():
+            return
+        error = task.exception() or task.result()
+        if error is not None:
+            self._say(str(error), logging.ERROR, event=True)
+            self._emit_kind(EventKind.ATTENTION, str(error))
+        self._publish()
 
     async def close(self) -> None:
         """Let switches in flight finish (bounded), write the state, release everything."""
         self._closing = True
+        if self._reaching is not None:
+            self._reaching.cancel()
+            await asyncio.gather(self._reaching, return_exceptions=True)
         if self._tasks:
             await asyncio.wait(list(self._tasks), timeout=QUIT_WAIT_S)
         self._flush()
@@ -240,7 +302,10 @@ class Engine:
                         break
                     if command.kind is CommandKind.QUIT:
                         return
-                    self.obey(command)
+                    try:
+                        self.obey(command)
+                    except Exception:  # a key press must never end the monitor
+                        _LOG.exception("loadshed hit a bug obeying %s; carrying on", command.kind)
         finally:
             for task in (poller, refresher):
                 task.cancel()
@@ -258,8 +323,10 @@ class Engine:
             await _survive(self.refresh(), "reading the devices")
 
     async def poll(self) -> None:
-        """Read the grid once, decide, dispatch, publish."""
+        """Read the grid once, decide, dispatch, publish (and retry a failed state write)."""
         self.reading = await self.grid.read()
+        if self._dirty:
+            self._flush()
         self.decide()
 
     async def refresh(self) -> None:
@@ -277,6 +344,10 @@ class Engine:
         decision = policy.decide(
             self.reading, now, self.memory, self._shed_views(), self._device_views(), self.rules
         )
+        if self.memory.grid is Grid.UNKNOWN and self.reading.grid is Grid.OFF:
+            # The Powerwall could not be read at start; its first answer is an outage: that is
+            # news (a reading at start that is already off-grid is not: a restart mid-outage).
+            decision = replace(decision, changed=Grid.OFF)
         self._note_grid(decision)  # "grid lost" before the switching it causes
         self._take(decision, self.reading.battery_pct)
         self._publish()
@@ -393,6 +464,9 @@ class Engine:
                 continue
             if now < device.retry_at and not forced:
                 continue
+            entry = self.state.shed.get(action.device)
+            if self.dry_run and action.verb is Verb.SHED and entry is not None and entry.confirmed:
+                continue  # said once already: "would switch off X"
             ready.append((action, device))
         if not ready:
             return
@@ -409,6 +483,7 @@ class Engine:
             )
             for action, device in group:
                 device.busy = verb
+                device.epoch += 1
                 self._say(f"{_would(self.dry_run, verb)} {action.device} ({action.reason})")
                 task = asyncio.create_task(self._act(action, device, batch))
                 self._tasks.add(task)
@@ -453,9 +528,36 @@ class Engine:
         self._save_now()
 
     def _save_now(self) -> None:
-        """Write the state before the switch it announces: the switch waits for the disk."""
-        if not self.dry_run and self.store is not None:
+        """Write the state before the switch it announces: the switch waits for the disk —
+        but never on a disk that fails: then it goes ahead with the state in memory."""
+        if self.dry_run or self.store is None:
+            return
+        try:
             self.store.save(self.state)
+        except OSError as err:
+            self._unsaved(err)
+        else:
+            self._saved()
+
+    def _unsaved(self, err: OSError) -> None:
+        """state.json cannot be written (disk full, SD card read-only): keep the state in
+        memory, write it again on every poll, tell the owner once."""
+        self._dirty = True
+        if self.disk_problem is not None:
+            return
+        assert self.store is not None
+        self.disk_problem = (
+            f"cannot write {self.store.path.name}: {err.strerror or err}; "
+            "shedding without a safety net"
+        )
+        self._say(self.disk_problem, logging.ERROR, event=True)
+        self._emit_kind(EventKind.ATTENTION, self.disk_problem)
+
+    def _saved(self) -> None:
+        self._dirty = False
+        if self.disk_problem is not None:
+            self.disk_problem = None
+            self._say("state.json written again", event=True)
 
     async def _act(self, action: Action, device: Device, batch: _Batch) -> None:
         """Run one action after its dependencies; its end is handled by `_ended`."""
@@ -477,7 +579,9 @@ class Engine:
             _LOG.error("%s: %s", action.device, "".join(traceback.format_exception(err)))
             outcome = Outcome.failed(f"internal error: {type(err).__name__}: {err}")
         device.busy = None
-        device.learn(outcome)
+        device.epoch += 1  # a read begun before this switch must not overwrite it
+        if not self.dry_run:  # a dry run learns nothing: the device is as it was read
+            device.learn(outcome)
         self.results.append((action, outcome))
         wanted = Power.OFF if action.verb is Verb.SHED else Power.ON
         if outcome.is_ok and outcome.power is wanted:
@@ -537,7 +641,9 @@ class Engine:
             if action.verb is Verb.SHED and not started:
                 entries = dict(self.state.shed)
                 entry = entries.get(action.device)
-                if entry is not None and not entry.confirmed:
+                # Only an entry this very action created may go: an earlier attempt may have
+                # switched the device off though its reply was lost.
+                if entry is not None and not entry.confirmed and entry.attempts <= 1:
                     del entries[action.device]
                     self._set_state(replace(self.state, shed=entries))
             if started:
@@ -660,17 +766,20 @@ class Engine:
                     off_at=self.wall(),
                     prior=Power.ON,  # it took the shutdown: it was on
                 )
-            self._say(f"{action.device}: off{said}", event=True)
+            if not self.dry_run:  # "would switch off X" said it all
+                self._say(f"{action.device}: off{said}", event=True)
         else:
             entries.pop(action.device, None)
-            self._say(f"{action.device}: on{said}", event=True)
+            if not self.dry_run:
+                self._say(f"{action.device}: on{said}", event=True)
         self._set_state(replace(self.state, shed=entries))
         batch.left -= 1
         batch.done.append(action.device)
 
     def _failed(self, action: Action, device: Device, batch: _Batch, outcome: Outcome) -> None:
         device.failures += 1
-        pause = min(RETRY_FIRST_S * 2 ** (device.failures - 1), RETRY_MAX_S)
+        doublings = min(device.failures - 1, RETRY_DOUBLINGS_MAX)  # 2**1024 overflows a float
+        pause = min(RETRY_FIRST_S * 2**doublings, RETRY_MAX_S)
         device.retry_at = self.clock() + pause
         why = outcome.detail or f"it reports {outcome.power.value if outcome.power else 'nothing'}"
         entries = dict(self.state.shed)
@@ -698,7 +807,7 @@ class Engine:
         batch.failed.append((action.device, why))
 
     def _batch_done(self, batch: _Batch) -> None:
-        if batch.kind is None:
+        if batch.kind is None or self.dry_run:
             return
         summary = f"{batch.kind.value}: {len(batch.done)} done"
         if batch.failed:
@@ -790,12 +899,9 @@ class Engine:
         asyncio.get_running_loop().call_soon(self._flush)
 
     def _flush(self) -> None:
-        if self._save_pending and self.store is not None and not self.dry_run:
-            try:
-                self.store.save(self.state)
-            except OSError as err:
-                _LOG.error("cannot write %s: %s", self.store.path, err)
-        self._save_pending = False
+        if self._save_pending or self._dirty:
+            self._save_pending = False
+            self._save_now()
 
     def _say(self, text: str, level: int = logging.INFO, *, event: bool = False) -> None:
         (_EVENTS if event else _LOG).log(level, "%s", text)
@@ -858,6 +964,7 @@ class Engine:
             dry_run=self.dry_run,
             events=tuple(self._recent),
             started=self._started,
+            problems=tuple(p for p in (self.disk_problem,) if p is not None),
         )
         if self._on_snapshot is not None:
             self._on_snapshot(self.snapshot)

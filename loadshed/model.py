@@ -125,6 +125,7 @@ class EventKind(Enum):
     TIER_RESTORED = "battery recovered"
     RESTORE_DONE = "restore finished"
     DEVICE_FAILED = "device failed"
+    ATTENTION = "needs attention"  # loadshed itself: state.json unwritable, a name clash...
 
 
 @dataclass(frozen=True, slots=True)

@@ -8,11 +8,13 @@ the latest immutable `Snapshot`, replaced whole by the engine (no lock needed).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import queue
 import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Final
 
 from loadshed.computers import Computer
 from loadshed.config import Config
@@ -23,6 +25,10 @@ from loadshed.notify import Notifier
 from loadshed.state import StateStore
 
 _LOG = logging.getLogger(__name__)
+
+FIRST_DECISION_S: Final = 5.0  # on grid at start: devices this long before the first decision
+SENDER_RESTART_FIRST_S: Final = 1.0  # a crashed alert sender starts again after this, doubling
+SENDER_RESTART_MAX_S: Final = 300.0  # up to every five minutes
 
 
 class Monitor:
@@ -71,11 +77,13 @@ class Monitor:
         self._started.wait()
 
     def send(self, command: Command) -> None:
-        """Queue a command and wake the loop (from any thread)."""
+        """Queue a command and wake the loop (from any thread). After the monitor has ended the
+        command is dropped: the caller sees `is_alive()` false and `error` say why."""
         self.commands.put(command)
         loop, wake = self._loop, self._wake
         if loop is not None and wake is not None:
-            loop.call_soon_threadsafe(wake.set)
+            with contextlib.suppress(RuntimeError):  # the loop is closed: the monitor stopped
+                loop.call_soon_threadsafe(wake.set)
 
     def stop(self) -> None:
         self.send(Command(CommandKind.QUIT))
@@ -116,12 +124,26 @@ class Monitor:
         self._engine = engine
         self._started.set()
         # The sender shares the loop but never the poll's path: submit() only writes a file.
-        sender = asyncio.create_task(self.notifier.run()) if self.notifier is not None else None
+        notifier = self.notifier
+        sender = asyncio.create_task(_keep_sending(notifier)) if notifier is not None else None
         try:
-            await engine.start()
+            await engine.start(first_decision_s=FIRST_DECISION_S)
             await engine.run(self.commands, self._wake)
         finally:
             await engine.close()
             if sender is not None:
                 sender.cancel()
                 await asyncio.gather(sender, return_exceptions=True)
+
+
+async def _keep_sending(notifier: Notifier) -> None:
+    """Run the alert sender for good: if it dies of a bug, say so loudly and start it again."""
+    pause = SENDER_RESTART_FIRST_S
+    while True:
+        try:
+            await notifier.run()
+            return
+        except Exception:
+            _LOG.critical("the alert sender stopped on a bug; restarting it", exc_info=True)
+        await asyncio.sleep(pause)
+        pause = min(pause * 2, SENDER_RESTART_MAX_S)

@@ -195,6 +195,12 @@ MESSAGES: Final[dict[EventKind, Wording]] = {
         "failure",
         done_label="Done",
     ),
+    EventKind.ATTENTION: Wording(
+        "needs your attention {time}{late}: {detail}",
+        "loadshed needs your attention ({time})",
+        "failure",
+        detail_label="What",
+    ),
 }
 
 SUMMARY_SMS: Final = "{count} earlier alerts while offline: {items}"

@@ -294,7 +294,14 @@ class KasaHost:
     async def _call(self, switch: KasaSwitch, turn_on: bool | None) -> Outcome:
         """Switch (unless turn_on is None), then read back; bounded by timeout_s in all."""
         try:
-            async with asyncio.timeout(self.timeout_s), self._lock:
+            # A strip serialises its outlets: each call's budget starts when it gets the
+            # device, not while it waits behind its siblings (each of them bounded too).
+            async with asyncio.timeout(self.timeout_s * max(1, self._open_switches)):
+                await self._lock.acquire()
+        except TimeoutError:
+            return Outcome.unreachable(f"no answer in {self.timeout_s:g} s (busy)")
+        try:
+            async with asyncio.timeout(self.timeout_s):
                 device = self._device
                 if device is None:
                     return Outcome.unreachable("not connected")
@@ -309,6 +316,8 @@ class KasaHost:
             outcome = self._outcome_of(err)
             _LOG.debug("kasa %s: %s: %s", switch.address, switch.name, outcome.detail)
             return outcome
+        finally:
+            self._lock.release()
         if turn_on is not None and power is not (Power.ON if turn_on else Power.OFF):
             asked = "on" if turn_on else "off"
             return Outcome(Status.FAILED, power, f"switched {asked}, but it reads {power.value}")

@@ -6,6 +6,8 @@ switched at run time from any thread through the house's loop:
 - DOWN: the listener is closed and open connections dropped (connection refused);
 - HUNG: connections are accepted and requests read, never answered;
 - SLOW: every answer waits `slow_s` seconds first;
+- LOST_REPLY: each request is carried out, but its reply never comes (Wi-Fi lost it): a
+  switch goes through, and the client sees only silence (legacy Kasa and Tuya);
 - BAD_AUTH: the device rejects the client's password, credentials or key the way the real
   one does (401, AuthenticationError, a reply the client cannot decrypt).
 """
@@ -27,6 +29,7 @@ class Fault(Enum):
     DOWN = "down"
     HUNG = "hung"
     SLOW = "slow"
+    LOST_REPLY = "lost-reply"
     BAD_AUTH = "bad-auth"
 
 

@@ -17,7 +17,8 @@ data (models, firmware strings, MACs, ids) is our own; a recorded `get_sysinfo` 
 instead (tests use the captured fixtures that way).
 
 Faults (see `loadshed.sim.base`): DOWN refuses connections (and discovery), HUNG reads requests
-and never answers, SLOW answers after `slow_s`. BAD_AUTH means nothing to a legacy device (it
+and never answers, SLOW answers after `slow_s`, LOST_REPLY (legacy TCP) carries a request out and
+never answers it. BAD_AUTH means nothing to a legacy device (it
 has no login; it answers as usual); a KLAP device under BAD_AUTH behaves as if the account's
 password had been changed: its handshake proof no longer matches the client's credentials, so
 python-kasa raises `AuthenticationError`, and sessions opened before are refused (403).
@@ -373,7 +374,10 @@ class KasaSim(SimDevice):
                 if request is None:
                     return  # a real plug drops a connection that sends garbage
                 await self.obey_fault()
-                writer.write(xor_frame(self.responder.answer(request)))
+                reply = self.responder.answer(request)
+                if self.fault is Fault.LOST_REPLY:
+                    await asyncio.Event().wait()  # done, but the reply is lost on the way
+                writer.write(xor_frame(reply))
                 await writer.drain()
         except ConnectionError:
             return

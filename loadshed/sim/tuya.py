@@ -28,7 +28,8 @@ an empty ack on its own command, then a STATUS (8) push with the dps it set (`ac
 push out, as some plugs do); a heartbeat gets an empty ack.
 
 Faults (see `loadshed.sim.base`): DOWN refuses connections; HUNG reads requests and never
-answers; SLOW answers every request after `slow_s`; BAD_AUTH gives the plug another key than the
+answers; SLOW answers every request after `slow_s`; LOST_REPLY carries every request out and sends
+no reply; BAD_AUTH gives the plug another key than the
 one the client was told (every key byte with its low bit flipped), so its replies cannot be
 decrypted (tinytuya Err 904) and a 3.4 key exchange fails (Err 914).
 """
@@ -227,6 +228,8 @@ class TuyaPlugSim(SimDevice):
                 replies = self._answer(link, frame)
                 if replies is None:
                     break
+                if self.fault is Fault.LOST_REPLY:
+                    continue  # done, but the replies are lost on the way
                 for reply in replies:
                     writer.write(reply)
                 await writer.drain()

@@ -221,6 +221,43 @@ def test_corrupt_state_is_kept_aside_and_reported(start: Start, tmp_path: Path) 
     daemon.wait_for_line("ready:")
 
 
+def test_a_damaged_state_costs_only_its_bad_entry_and_the_owner_is_told(
+    house: SimHouse, start: Start, tmp_path: Path
+) -> None:
+    """One entry of state.json is damaged (a kind no loadshed knows): the TV it recorded is
+    still restored when the grid is back, and the owner hears which devices to check."""
+    house.set_fault("TV", Fault.NONE)
+    state_dir = tmp_path / "state"
+    state_dir.mkdir(mode=0o700)
+    entry = {"address": "x", "reason": "off-grid", "at": 1.0, "prior": "on", "confirmed": True}
+    doc = {
+        "version": 1,
+        "hold": False,
+        "paused": False,
+        "pins": {},
+        "shed": {"TV": {**entry, "kind": "kasa"}, "Heater": {**entry, "kind": "plug"}},
+    }
+    (state_dir / "state.json").write_text(json.dumps(doc))
+    house.cut_grid()
+    daemon = start()
+    daemon.wait_for_line("It recorded Heater, TV as switched off")
+    assert daemon.saw("loadshed had switched off TV")
+    wait_until("the outage shed", all_off(house, SHEDDABLE))
+    house.restore_grid()
+    wait_until("the TV back with the rest", all_on(house, SHEDDABLE))
+    assert [p.name.startswith("state.json.corrupt-") for p in state_dir.iterdir()].count(True) == 1
+
+
+def test_a_state_from_a_newer_loadshed_refuses_to_start(start: Start, tmp_path: Path) -> None:
+    state_dir = tmp_path / "state"
+    state_dir.mkdir(mode=0o700)
+    (state_dir / "state.json").write_text('{"version": 99, "shed": {"TV": {}}}')
+    daemon = start()
+    assert daemon.process.wait(30) == 2, daemon.output
+    assert "written by a newer loadshed (version 99; this one reads 1)" in daemon.output
+    assert (state_dir / "state.json").read_text().startswith('{"version": 99')
+
+
 def test_sigterm_stops_cleanly_and_the_state_dir_is_private(
     start: Start, tmp_path: Path, house: SimHouse
 ) -> None:
@@ -234,3 +271,20 @@ def test_sigterm_stops_cleanly_and_the_state_dir_is_private(
     assert (state_dir / "state.json").stat().st_mode & 0o777 == 0o600
     assert set(json.loads((state_dir / "state.json").read_text())["shed"]) == set(SHEDDABLE)
     assert sorted(p.name for p in state_dir.iterdir()) == ["events.log", "state.json"]
+
+
+def test_slow_is_not_absent_and_an_outage_at_start_waits_for_nobody(
+    house: SimHouse, start: Start
+) -> None:
+    """A power strip that answers in 2 s is a working strip: it is reached and shed. And the
+    house is already off grid when loadshed starts: the quick plugs are shed at once, not after
+    the slow strip has been reached."""
+    house.set_fault("Monitor", Fault.SLOW, slow_s=2.0)  # the strip: Monitor, Printer, Desk lamp
+    house.cut_grid()
+    daemon = start()
+    daemon.wait_for_line("ready:")
+    wait_until("the quick plugs off", lambda: not house.is_on("Space heater"))
+    assert house.is_on("Monitor"), "the quick plugs waited for the slow strip"
+    assert daemon.saw("still being reached")
+    wait_until("the slow strip's outlets off too", all_off(house, ("Monitor", "Printer")), 60)
+    assert not daemon.saw("Monitor: could not switch off")
