@@ -7,7 +7,6 @@ It reads and never switches: every call is a read. The result is a list of `Row`
 from __future__ import annotations
 
 import asyncio
-import difflib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +17,7 @@ from loadshed.config import Config, describe_rule
 from loadshed.devices import DEVICE_TIMEOUT_S, PLUG_KINDS, Device, Registry
 from loadshed.drivers.computer import ComputerSwitch
 from loadshed.drivers.powerwall import PowerwallSource
+from loadshed.errors import ConfigError
 from loadshed.model import Grid, GridReading, Kind, Outcome, Power, Status
 
 POWERWALL_TIMEOUT_S: Final = 5.0  # the gateway is slower than a plug, and matters more
@@ -44,6 +44,7 @@ class Row:
 class Report:
     rows: tuple[Row, ...]
     warnings: tuple[str, ...]
+    problems: tuple[str, ...] = ()  # wrong, though everything answered: exit 1
 
     @property
     def all_reachable(self) -> bool:
@@ -79,6 +80,15 @@ async def run_check(
     error = registry.link_error()
     if error is not None:
         raise error
+    if registry.clashes:
+        clash = registry.clashes[0]
+        raise ConfigError(
+            config.path,
+            None,
+            f"two devices are named {clash.name!r}: the {clash.first_kind.value} at "
+            f"{clash.first_address} and the {clash.second_kind.value} at {clash.second_address}",
+            "give each its own name: rename one in its app, or use name= in computers.txt",
+        )
     plugs = [d for d in registry.devices.values() if d.switch.kind in PLUG_KINDS]
     rows = (
         grid_row,
@@ -98,8 +108,6 @@ async def run_check(
     )
     warnings = (
         *config.warnings,
-        *registry.renamed,
-        *_name_warnings(rows, config, computers),
         *(
             f"{c.name} ({computers_path.name}:{c.line}) will not come back after an outage "
             "by itself: add mac= (Wake-on-LAN) or powered_by= (the plug that feeds it)"
@@ -107,7 +115,7 @@ async def run_check(
             if c.mac is None and c.powered_by is None
         ),
     )
-    return Report(rows, warnings)
+    return Report(rows, warnings, tuple(registry.rule_typos()))
 
 
 async def _reach_plugs(registry: Registry) -> None:
@@ -162,20 +170,6 @@ async def _computer_row(device: Device, computer: Computer) -> Row:
     if route.address != computer.address:  # an ssh_config alias: say where it leads
         address = f"{computer.address} → {address}"
     return Row(computer.name, computer.kind, address, outcome, state, describe_rule(device.rule))
-
-
-def _name_warnings(rows: Sequence[Row], config: Config, computers: Sequence[Computer]) -> list[str]:
-    """Warn about SHED_BELOW names that match no device (a typo must not go unnoticed)."""
-    if not all(r.reachable for r in rows if r.kind in (Kind.KASA, Kind.TUYA)):
-        return []  # a device that did not answer may be the one named
-    known = {r.name for r in rows if r.kind is not Kind.POWERWALL} | {c.name for c in computers}
-    warnings = []
-    for name in config.shed_below:
-        if name not in known:
-            close = difflib.get_close_matches(name, known, n=1)
-            hint = f" — did you mean {close[0]!r}?" if close else ""
-            warnings.append(f"SHED_BELOW names {name!r}, but no device is called that{hint}")
-    return warnings
 
 
 def format_table(rows: Sequence[Row]) -> str:

@@ -170,11 +170,16 @@ def _check(args: argparse.Namespace, env: Mapping[str, str], out: TextIO, err: T
     outbox = waiting(config.state_dir or default_state_dir())
     if outbox:
         print(f"alerts: {outbox} waiting in the outbox (loadshed run sends them)", file=out)
+    for problem in report.problems:
+        print(f"problem: {problem}", file=out)
     unreachable = [r.name for r in report.rows if not (r.reachable and r.outcome.is_ok)]
     if unreachable:
         print(
             f"\n{len(unreachable)} of {len(report.rows)} not OK: {', '.join(unreachable)}", file=out
         )
+        return ExitCode.FAILURE
+    if report.problems:
+        print(f"\nall {len(report.rows)} reachable, but the config needs fixing", file=out)
         return ExitCode.FAILURE
     print(f"\nall {len(report.rows)} reachable", file=out)
     return ExitCode.OK

@@ -65,6 +65,29 @@ class Device:
             self.watts = outcome.watts if self.power is Power.ON else None
 
 
+@dataclass(frozen=True, slots=True)
+class Clash:
+    """Two devices with one name (a plug renamed in its app, a computer named like a plug)."""
+
+    name: str
+    first_kind: Kind
+    first_address: str
+    second_kind: Kind
+    second_address: str
+
+    @property
+    def second_name(self) -> str:
+        return f"{self.name} @ {self.second_address}"
+
+    def __str__(self) -> str:
+        return (
+            f"two devices are named {self.name!r}: the {self.first_kind.value} at "
+            f"{self.first_address} and the {self.second_kind.value} at {self.second_address} "
+            f"(shown as {self.second_name!r}); each keeps its own rule — give each its own name "
+            "(in its app, or name= in computers.txt)"
+        )
+
+
 @dataclass
 class Placeholder:
     """A Kasa host that has not answered yet: its outlets and their names are unknown."""
@@ -90,7 +113,7 @@ class Registry:
         self.computers_path = computers_path
         self.timeout_s = timeout_s
         self.devices: dict[str, Device] = {}
-        self.renamed: list[str] = []  # warnings: two devices had one name
+        self.clashes: list[Clash] = []  # two devices with one name: the second was renamed
         self.pending: list[Placeholder] = [
             Placeholder(
                 KasaHost(
@@ -131,25 +154,36 @@ class Registry:
 
     def _add(self, switch: Switch, rule: int | None = None) -> Device:
         name = switch.name
+        # The rule of its own name, before any renaming: a clash never moves a rule from one
+        # device to another (a computer named "Router" must not make the Router plug sheddable).
+        rule = self.config.rule_for(name) if rule is None else rule
         if name in self.devices:
-            # Two devices with one name: SHED_BELOW cannot tell them apart; the address can.
-            _LOG.warning(
-                "two devices are named %r (%s and %s); calling the second %r",
-                name,
-                self.devices[name].switch.address,
-                switch.address,
-                f"{name} @ {switch.address}",
-            )
-            self.renamed.append(
-                f"two devices are named {name!r}: SHED_BELOW and the screen cannot tell them "
-                f"apart; the one at {switch.address} is shown as '{name} @ {switch.address}' — "
-                "rename one in its app"
-            )
-            name = f"{name} @ {switch.address}"
+            first = self.devices[name].switch
+            clash = Clash(name, first.kind, first.address, switch.kind, switch.address)
+            self.clashes.append(clash)
+            _LOG.warning("%s", clash)
+            name = clash.second_name
             switch.name = name
-        device = Device(switch, self.config.rule_for(name) if rule is None else rule)
+        device = Device(switch, rule)
         self.devices[name] = device
         return device
+
+    def rule_typos(self) -> list[str]:
+        """SHED_BELOW names that match no device (a typo falls silently to DEFAULT_SHED_BELOW),
+        each with a did-you-mean; empty while a Kasa host is still being reached."""
+        if self.pending:
+            return []  # the name may be an outlet of a host not reached yet
+        known = set(self.devices)
+        typos = []
+        for name in self.config.shed_below:
+            if name not in known:
+                close = difflib.get_close_matches(name, known, n=1)
+                hint = f" — did you mean {close[0]!r}?" if close else ""
+                typos.append(
+                    f"SHED_BELOW names {name!r}, but no device is called that: the device "
+                    f"meant follows DEFAULT_SHED_BELOW{hint}"
+                )
+        return typos
 
     async def connect_pending(self) -> list[str]:
         """Try every Kasa host not yet connected, concurrently; return the new device names."""

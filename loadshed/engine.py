@@ -183,6 +183,7 @@ class Engine:
         self._save_pending = False
         self._dirty = False  # the state in memory is newer than state.json (a failed write)
         self.disk_problem: str | None = None
+        self._name_problems: list[str] = []  # said once each: name clashes, SHED_BELOW typos
         self._started = False
         # every action's outcome, in order (the last RESULTS_KEPT: a daemon runs for years)
         self.results: collections.deque[tuple[Action, Outcome]] = collections.deque(
@@ -219,6 +220,7 @@ class Engine:
             error = reach.result()
             if error is not None:
                 raise error
+            self._check_names()
         else:
             self._reaching = reach
             reach.add_done_callback(self._reached)
@@ -253,6 +255,7 @@ class Engine:
 
         async def connect(placeholder: Placeholder) -> None:
             added = await self.registry.connect_one(placeholder)
+            self._rekey_state()
             if placeholder in self.registry.pending:
                 self._say(f"Kasa {placeholder.host.address}: {placeholder.detail}", logging.WARNING)
             await read(added)
@@ -272,7 +275,40 @@ class Engine:
         if error is not None:
             self._say(str(error), logging.ERROR, event=True)
             self._emit_kind(EventKind.ATTENTION, str(error))
+        self._check_names()
         self._publish()
+
+    def _rekey_state(self) -> None:
+        """Match state.json's entries on name *and* address: when two devices share a name, an
+        entry belongs to the one at the address it recorded, whichever answered first."""
+        entries = dict(self.state.shed)
+        moved = False
+        for name, entry in list(entries.items()):
+            device = self.registry.devices.get(name)
+            if device is not None and device.switch.address == entry.address:
+                continue
+            owner = next(
+                (
+                    n
+                    for n, d in self.registry.devices.items()
+                    if d.switch.address == entry.address and d.switch.kind is entry.kind
+                ),
+                None,
+            )
+            if owner is not None and owner != name and owner not in entries:
+                entries[owner] = replace(entries.pop(name), name=owner)
+                moved = True
+        if moved:
+            self._set_state(replace(self.state, shed=entries))
+
+    def _check_names(self) -> None:
+        """Say, once each, what makes a name mean the wrong device: two devices with one name
+        (each keeps its own rule), a SHED_BELOW name no device has (it falls to the default)."""
+        for said in (*map(str, self.registry.clashes), *self.registry.rule_typos()):
+            if said not in self._name_problems:
+                self._name_problems.append(said)
+                self._say(said, logging.WARNING, event=True)
+                self._emit_kind(EventKind.ATTENTION, said)
 
     async def close(self) -> None:
         """Let switches in flight finish (bounded), write the state, release everything."""
@@ -334,6 +370,9 @@ class Engine:
         added = await self.registry.connect_pending()
         for name in added:
             self._say(f"{name}: reachable")
+        if added:
+            self._rekey_state()
+            self._check_names()
         idle = [n for n, d in self.registry.devices.items() if d.busy is None]
         await self.registry.read(idle)
         self._reconcile_reads(idle)
@@ -964,7 +1003,10 @@ class Engine:
             dry_run=self.dry_run,
             events=tuple(self._recent),
             started=self._started,
-            problems=tuple(p for p in (self.disk_problem,) if p is not None),
+            problems=(
+                *(p for p in (self.disk_problem,) if p is not None),
+                *self._name_problems,
+            ),
         )
         if self._on_snapshot is not None:
             self._on_snapshot(self.snapshot)

@@ -234,14 +234,23 @@ def test_check_with_everything_down_is_exit_1_not_a_crash(tmp_path: Path) -> Non
     assert "Traceback" not in result.err
 
 
-def test_a_shed_below_name_that_matches_nothing_is_a_warning(config: Path, tmp_path: Path) -> None:
+def test_a_shed_below_name_that_matches_nothing_is_exit_1(config: Path, tmp_path: Path) -> None:
     config.write_text(config.read_text() + 'SHED_BELOW = {"Freezr": 30, "Router": 0}\n')
     result = run_loadshed("check", "--config", str(config), cwd=tmp_path)
-    assert result.code == 0
+    assert result.code == 1
     assert (
-        "warning: SHED_BELOW names 'Freezr', but no device is called that — did you mean 'Freezer'?"
-        in result.out
+        "problem: SHED_BELOW names 'Freezr', but no device is called that: the device meant "
+        "follows DEFAULT_SHED_BELOW — did you mean 'Freezer'?" in result.out
     )
+    assert "reachable, but the config needs fixing" in result.out
+
+
+def test_a_computer_named_like_a_plug_is_exit_2_naming_both(config: Path, tmp_path: Path) -> None:
+    (tmp_path / "computers.txt").write_text("linux nas.invalid name=Router mac=02:00:00:00:00:01\n")
+    result = run_loadshed("check", "--config", str(config), cwd=tmp_path)
+    assert result.code == 2
+    assert "two devices are named 'Router': the linux at nas.invalid" in result.err
+    assert "and the kasa at 127.0.0.1:" in result.err
 
 
 def test_check_shows_alerts_waiting_in_the_outbox(config: Path, tmp_path: Path) -> None:

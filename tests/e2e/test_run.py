@@ -288,3 +288,20 @@ def test_slow_is_not_absent_and_an_outage_at_start_waits_for_nobody(
     assert daemon.saw("still being reached")
     wait_until("the slow strip's outlets off too", all_off(house, ("Monitor", "Printer")), 60)
     assert not daemon.saw("Monitor: could not switch off")
+
+
+def test_a_name_clash_never_moves_a_rule_and_a_typo_is_said_at_start(
+    house: SimHouse, start: Start, config: Path, tmp_path: Path
+) -> None:
+    """A computer named like the essential Router plug: the plug keeps its rule (it stays on
+    through the outage), and the owner hears of the clash; a SHED_BELOW typo is said too."""
+    (tmp_path / "computers.txt").write_text("linux nas.invalid name=Router mac=02:00:00:00:00:01\n")
+    rules = {**house.shed_below, "Freezr": 30}
+    config.write_text(config.read_text() + f"SHED_BELOW = {rules!r}\n")
+    daemon = start()
+    daemon.wait_for_line("two devices are named 'Router'")
+    daemon.wait_for_line("SHED_BELOW names 'Freezr', but no device is called that")
+    house.cut_grid()
+    wait_until("the outage shed", all_off(house, SHEDDABLE))
+    assert house.is_on("Router")
+    assert daemon.saw("ready: 10 devices (3 essential)")  # the plug and the computer alike
