@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import difflib
 import logging
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,6 +51,7 @@ class Device:
     failures: int = 0  # failed actions in a row
     retry_at: float = 0.0  # monotonic time before which no new action is started
     epoch: int = 0  # bumped when a switch begins and ends: a read that spans one is stale
+    read_at: float = -math.inf  # engine clock of the last read it answered
 
     @property
     def name(self) -> str:

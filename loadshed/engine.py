@@ -37,6 +37,7 @@ from loadshed.drivers.computer import ComputerSwitch
 from loadshed.drivers.powerwall import PowerwallSource
 from loadshed.drivers.reach import Liveness
 from loadshed.errors import ConfigError
+from loadshed.gridlog import GridLog, pct
 from loadshed.model import (
     Action,
     Event,
@@ -61,6 +62,8 @@ RETRY_FIRST_S: Final = 2.0  # a failed device is tried again after this, doublin
 RETRY_MAX_S: Final = 60.0  # ... up to once a minute: a plug back on the network is found soon
 RETRY_DOUBLINGS_MAX: Final = 16  # the exponent's cap: far past RETRY_MAX_S already
 RESULTS_KEPT: Final = 1000  # outcomes kept for one-shot commands' reports; a daemon drops older
+ALREADY_OFF: Final = "already off (by hand?): left off, and not restored after the outage"
+FRESH_READ_S: Final = 5.0  # a plug read longer ago than this is read again before its shed
 PLUG_CYCLE_S: Final = 10.0  # a plug feeding a computer stays off this long, so the BIOS's
 # "power on after AC loss" sees a real power loss when it comes back on
 QUIT_WAIT_S: Final = 10.0  # on quit, how long switches in flight may take to finish
@@ -177,9 +180,7 @@ class Engine:
         self._closing = False
         self._reaching: asyncio.Task[ConfigError | None] | None = None  # devices still joining
         self._recent: list[str] = []
-        self._grid_since_wall: float | None = None
-        self._outage_since_wall: float | None = None
-        self._powerwall_lost = False
+        self.gridlog = GridLog(config.poll_s, wall=wall, say=self._say, tell=self._emit_kind)
         self._save_pending = False
         self._dirty = False  # the state in memory is newer than state.json (a failed write)
         self.disk_problem: str | None = None
@@ -226,16 +227,14 @@ class Engine:
             reach.add_done_callback(self._reached)
         self._started = True
         self.memory = policy.observe(self.reading, self.clock(), self.memory)
-        if self.reading.grid is not Grid.UNKNOWN:
-            self._grid_since_wall = self.wall()  # as far as loadshed knows: since it started
+        self.gridlog.start(self.reading)
         devices = self.registry.devices.values()
         essential = sum(d.rule <= policy.ESSENTIAL for d in devices)
         grid = self.reading.grid.value if self.reading.status is Status.OK else self.reading.detail
         waiting = len(self.registry.pending) + sum(d.status is None for d in devices)
         self._say(
             f"ready: {len(devices)} devices ({essential} essential), {grid}, "
-            f"battery {_pct(self.reading)}"
-            + (f"; {waiting} still being reached" if waiting else "")
+            f"battery {pct(self.reading)}" + (f"; {waiting} still being reached" if waiting else "")
         )
         self._publish()
 
@@ -245,6 +244,7 @@ class Engine:
 
         async def read(names: Sequence[str]) -> None:
             await self.registry.read(list(names))
+            self._read_now(names)
             self._reconcile_reads(names)
             for name in names:
                 device = self.registry.devices[name]
@@ -375,6 +375,7 @@ class Engine:
             self._check_names()
         idle = [n for n, d in self.registry.devices.items() if d.busy is None]
         await self.registry.read(idle)
+        self._read_now(idle)
         self._reconcile_reads(idle)
         self.decide()
 
@@ -387,7 +388,10 @@ class Engine:
             # The Powerwall could not be read at start; its first answer is an outage: that is
             # news (a reading at start that is already off-grid is not: a restart mid-outage).
             decision = replace(decision, changed=Grid.OFF)
-        self._note_grid(decision)  # "grid lost" before the switching it causes
+        over = self.reading.grid is Grid.ON and not self.memory.outage and not self.state.shed
+        self.gridlog.note(self.reading, decision, outage_over=over)  # said before switching
+        if decision.changed is Grid.ON:
+            self._grid_back()
         self._take(decision, self.reading.battery_pct)
         self._publish()
 
@@ -607,7 +611,7 @@ class Engine:
                 wanted = Power.OFF if action.verb is Verb.SHED else Power.ON
                 outcome = Outcome.ok(wanted, detail="dry run")
             elif action.verb is Verb.SHED:
-                outcome = await device.switch.off()
+                outcome = await self._switch_off(action, device)
             elif cycled is not None:
                 outcome = cycled
             else:
@@ -633,6 +637,28 @@ class Engine:
             self._batch_done(batch)
         if action.device in self.registry.computers and action.verb is Verb.SHED:
             self.decide()  # its plug may be waiting for it (policy Rule 9)
+
+    async def _switch_off(self, action: Action, device: Device) -> Outcome:
+        """Switch a device off; a plug last read a while ago is read first, so that "it was on
+        before" is true now: one switched off by hand since is left off, and not "restored"."""
+        created = (entry := self.state.shed.get(action.device)) is not None and entry.attempts <= 1
+        stale = self.clock() - device.read_at > FRESH_READ_S
+        if created and stale and action.device not in self.registry.computers:
+            now = await device.switch.read()
+            if now.is_ok and now.power is Power.OFF:
+                device.learn(now)
+                entries = dict(self.state.shed)
+                entries.pop(action.device, None)
+                self._set_state(replace(self.state, shed=entries))
+                return Outcome.ok(Power.OFF, detail=ALREADY_OFF)
+        return await device.switch.off()
+
+    def _read_now(self, names: Sequence[str]) -> None:
+        now = self.clock()
+        for name in names:
+            device = self.registry.devices.get(name)
+            if device is not None and device.status is not None:
+                device.read_at = now
 
     def _unseen_and_unreached(self, action: Action, outcome: Outcome) -> bool:
         """A computer the probe could not see, and ssh could not reach either: nothing was
@@ -795,7 +821,7 @@ class Engine:
     def _succeeded(self, action: Action, device: Device, batch: _Batch, outcome: Outcome) -> None:
         device.failures, device.retry_at = 0, 0.0
         entries = dict(self.state.shed)
-        said = f" ({outcome.detail})" if action.device in self.registry.computers else ""
+        said = f" ({outcome.detail})" if outcome.detail else ""
         if action.verb is Verb.SHED:
             if action.device in entries:
                 entries[action.device] = replace(
@@ -805,7 +831,9 @@ class Engine:
                     off_at=self.wall(),
                     prior=Power.ON,  # it took the shutdown: it was on
                 )
-            if not self.dry_run:  # "would switch off X" said it all
+            if outcome.detail == ALREADY_OFF:
+                self._say(f"{action.device}: {ALREADY_OFF}", event=True)
+            elif not self.dry_run:  # "would switch off X" said it all
                 self._say(f"{action.device}: off{said}", event=True)
         else:
             entries.pop(action.device, None)
@@ -879,43 +907,16 @@ class Engine:
 
     # --- grid transitions, state, output -------------------------------------------------------
 
-    def _note_grid(self, decision: policy.Decision) -> None:
-        reading = self.reading
-        if reading.grid is Grid.UNKNOWN:
-            lost_after = policy.UNKNOWN_POLLS * self.config.poll_s
-            if decision.unknown_for_s >= lost_after and not self._powerwall_lost:
-                self._powerwall_lost = True
-                self._say(
-                    f"Powerwall unreadable for {decision.unknown_for_s:.0f} s: {reading.detail}",
-                    logging.WARNING,
-                    event=True,
-                )
-                self._emit_kind(EventKind.POWERWALL_LOST, reading.detail)
-            return
-        if self._powerwall_lost:
-            self._powerwall_lost = False
-            self._say("Powerwall readable again", event=True)
-            self._emit_kind(EventKind.POWERWALL_BACK)
-        if self._grid_since_wall is None or decision.changed is not None:
-            self._grid_since_wall = self.wall()
-        if decision.changed is Grid.OFF:
-            self._outage_since_wall = self.wall()
-            self._say(f"grid lost ({reading.raw}), battery {_pct(reading)}", event=True)
-            self._emit_kind(EventKind.OFF_GRID, reading.raw)
-        elif decision.changed is Grid.ON:
-            self._say(f"grid back ({reading.raw}), battery {_pct(reading)}", event=True)
-            self._emit_kind(EventKind.ON_GRID, reading.raw)
-            for name, (action, task) in list(self._inflight.items()):
-                if action.verb is Verb.SHED and name not in self._started_switching:
-                    task.cancel()
-            for name in self.registry.computers:
-                device = self.registry.devices.get(name)
-                if device is not None and device.status is not Status.OK and device.busy is None:
-                    device.power = None  # "taken as off" held for the outage; unknown again
-        if reading.grid is Grid.OFF and self._outage_since_wall is None:
-            self._outage_since_wall = self._grid_since_wall
-        if reading.grid is Grid.ON and not self.memory.outage and not self.state.shed:
-            self._outage_since_wall = None
+    def _grid_back(self) -> None:
+        """The grid is back: sheds not begun are cancelled; computers taken as off are
+        unknown again (that was ssh's answer for this outage only)."""
+        for name, (action, task) in list(self._inflight.items()):
+            if action.verb is Verb.SHED and name not in self._started_switching:
+                task.cancel()
+        for name in self.registry.computers:
+            device = self.registry.devices.get(name)
+            if device is not None and device.status is not Status.OK and device.busy is None:
+                device.power = None
 
     def _emit_kind(self, kind: EventKind, detail: str = "") -> None:
         self._emit(
@@ -993,8 +994,8 @@ class Engine:
             taken_at=now_wall,
             reading=self.reading,
             devices=tuple(rows),
-            grid_since=self._grid_since_wall,
-            outage_since=self._outage_since_wall,
+            grid_since=self.gridlog.since,
+            outage_since=self.gridlog.outage_since,
             unknown_since=wall_of(unknown_since),
             restore_at=wall_of(self._decision.restore_at),
             shed_at=wall_of(self._decision.shed_at),
@@ -1030,7 +1031,3 @@ def _would(dry_run: bool, verb: Verb) -> str:
     doing = {Verb.SHED: "switching off", Verb.RESTORE: "switching on"}
     would = {Verb.SHED: "would switch off", Verb.RESTORE: "would switch on"}
     return (would if dry_run else doing)[verb]
-
-
-def _pct(reading: GridReading) -> str:
-    return "unknown" if reading.battery_pct is None else f"{reading.battery_pct:.0f} %"

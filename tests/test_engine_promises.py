@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from loadshed.config import load_config
-from loadshed.engine import RETRY_MAX_S, Command, CommandKind, Engine
+from loadshed.engine import ALREADY_OFF, RETRY_MAX_S, Command, CommandKind, Engine
 from loadshed.model import Event, EventKind, Grid, GridReading, Pin, Status
 from loadshed.monitor import Monitor
 from loadshed.sim.base import Fault
@@ -206,3 +206,33 @@ def test_a_command_after_the_monitor_ended_is_no_traceback(house: SimHouse, tmp_
     assert monitor.join(WAIT_S)
     monitor.send(Command(CommandKind.FORCE_SHED))  # the screen's last key, a moment late
     assert not monitor.is_alive() and monitor.error is None
+
+
+def test_a_plug_switched_off_by_hand_just_before_the_outage_stays_off_after_it(
+    house: SimHouse, tmp_path: Path, store: StateStore
+) -> None:
+    skew = [0.0]
+    said: list[str] = []
+    engine = engine_for(house, tmp_path, store, clock=lambda: time.monotonic() + skew[0])
+
+    async def scenario() -> None:
+        await engine.start()  # the TV is read on
+        house.switch_by_hand("TV", on=False)  # the owner switches it off before bed
+        skew[0] += 20  # the last read is 20 s old when the grid fails
+        house.cut_grid()
+        await engine.poll()
+        await engine.settle()
+        assert "TV" not in engine.state.shed  # loadshed did not switch it off: not its to restore
+        said.extend(engine.snapshot.events)
+        assert not house.is_on("Space heater")  # the others were shed as usual
+        house.restore_grid()
+        for _ in range(10):
+            await engine.poll()
+            await engine.settle()
+            if house.is_on("Space heater"):
+                break
+        await engine.close()
+
+    asyncio.run(scenario())
+    assert house.is_on("Space heater") and not house.is_on("TV")
+    assert any(line.endswith(f"TV: {ALREADY_OFF}") for line in said)

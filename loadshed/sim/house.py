@@ -316,6 +316,14 @@ class SimHouse:
 
         self._call(_set)
 
+    def switch_by_hand(self, name: str, on: bool) -> None:
+        """Someone presses the button on the plug (or flips the outlet in its app)."""
+
+        def _set() -> None:
+            self.outlets[name].on = on
+
+        self._call(_set)
+
     def device(self, name: str) -> SimDevice:
         """The simulated device behind an outlet name, or the Powerwall by "Powerwall"."""
         return self._sim_of[name]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import signal
 from collections.abc import Callable
 from pathlib import Path
@@ -305,3 +306,20 @@ def test_a_name_clash_never_moves_a_rule_and_a_typo_is_said_at_start(
     wait_until("the outage shed", all_off(house, SHEDDABLE))
     assert house.is_on("Router")
     assert daemon.saw("ready: 10 devices (3 essential)")  # the plug and the computer alike
+
+
+def test_a_state_dir_deleted_under_the_daemon_is_made_again_and_still_locked(
+    house: SimHouse, start: Start, tmp_path: Path
+) -> None:
+    daemon = start()
+    daemon.wait_for_line("ready:")
+    state_dir = tmp_path / "state"
+    shutil.rmtree(state_dir)  # a clean-up script, an owner tidying up
+    house.cut_grid()
+    wait_until("shed", all_off(house, SHEDDABLE))
+    wait_until("state.json written anew", (state_dir / "state.json").exists)
+    assert state_dir.stat().st_mode & 0o777 == 0o700
+    assert set(json.loads((state_dir / "state.json").read_text())["shed"]) == set(SHEDDABLE)
+    second = start()
+    assert second.process.wait(30) == 1
+    assert "another loadshed is running" in second.output
