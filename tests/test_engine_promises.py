@@ -7,6 +7,7 @@ engine's public face: `start`, `poll`, `decide`, `obey`, `settle`, the Monitor t
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import replace
@@ -14,10 +15,12 @@ from pathlib import Path
 
 import pytest
 
+from loadshed.computers import load_computers
 from loadshed.config import load_config
-from loadshed.engine import ALREADY_OFF, RETRY_MAX_S, Command, CommandKind, Engine
+from loadshed.engine import ALREADY_OFF, PLUG_CYCLE_S, RETRY_MAX_S, Command, CommandKind, Engine
 from loadshed.model import Event, EventKind, Grid, GridReading, Pin, Status
 from loadshed.monitor import Monitor
+from loadshed.notify import Notifier
 from loadshed.sim.base import Fault
 from loadshed.sim.house import SimHouse
 from loadshed.state import STATE_FILE, StateStore
@@ -236,3 +239,75 @@ def test_a_plug_switched_off_by_hand_just_before_the_outage_stays_off_after_it(
     asyncio.run(scenario())
     assert house.is_on("Space heater") and not house.is_on("TV")
     assert any(line.endswith(f"TV: {ALREADY_OFF}") for line in said)
+
+
+class _FlakyNotifier(Notifier):
+    """The real notifier with one bug injected: its first run() dies. A bug cannot be had from
+    a real peer on demand, so this subclass stands in for one."""
+
+    runs = 0
+
+    async def run(self) -> None:
+        self.runs += 1
+        if self.runs == 1:
+            raise RuntimeError("a bug in the alert sender")
+        await super().run()
+
+
+def test_an_alert_sender_that_dies_is_said_loudly_and_restarted(
+    house: SimHouse, tmp_path: Path, store: StateStore, caplog: pytest.LogCaptureFixture
+) -> None:
+    config = load_config(house.write_config(tmp_path / "config.py"), {})
+    notifier = _FlakyNotifier(store.dir, config)
+    monitor = Monitor(config, store, notifier=notifier)
+    monitor.start()
+    try:
+        wait_until("the sender started again", lambda: notifier.runs == 2)
+        assert monitor.is_alive()
+    finally:
+        monitor.stop()
+        monitor.join(WAIT_S)
+    critical = [r for r in caplog.records if r.levelname == "CRITICAL"]
+    assert [r.getMessage() for r in critical] == [
+        "the alert sender stopped on a bug; restarting it"
+    ]
+
+
+def test_a_clock_stepped_back_never_keeps_a_plug_off_for_long(tmp_path: Path) -> None:
+    """The monitor PC has no clock battery: after a reboot mid-outage its clock is an hour
+    behind the times state.json recorded. The NAS plug's pause is still PLUG_CYCLE_S at most."""
+    with SimHouse(computers=True) as house:
+        config = load_config(house.write_config(tmp_path / "config.py"), {})
+        house.switch_by_hand("NAS plug", on=False)
+        house.hosts["NAS"].power_off()
+        ahead = time.time() + 3600  # when loadshed last wrote, by its clock then
+        entry = {"reason": "off-grid", "at": ahead, "prior": "on", "confirmed": True}
+        shed = {
+            "NAS plug": {**entry, "kind": "kasa", "address": "x", "off_at": ahead},
+            "NAS": {**entry, "kind": "linux", "address": "nas", "off_at": ahead},
+        }
+        state_dir = tmp_path / "state"
+        state_dir.mkdir(mode=0o700)
+        doc = {"version": 1, "hold": False, "paused": False, "pins": {}, "shed": shed}
+        (state_dir / STATE_FILE).write_text(json.dumps(doc))
+        store = StateStore(state_dir)
+        store.open()
+        engine = Engine(config, store, computers=load_computers(tmp_path / "computers.txt"))
+        engine.rules = replace(engine.rules, restore_after_s=0)
+
+        async def scenario() -> float:
+            await engine.start()
+            started = time.monotonic()
+            while not house.is_on("NAS plug") and time.monotonic() - started < 3 * PLUG_CYCLE_S:
+                await engine.poll()
+                await asyncio.sleep(0.2)
+            took = time.monotonic() - started
+            await engine.close()
+            return took
+
+        try:
+            took = asyncio.run(scenario())
+        finally:
+            store.close()
+        assert house.is_on("NAS plug")
+        assert took <= PLUG_CYCLE_S + 2
