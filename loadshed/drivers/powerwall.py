@@ -56,11 +56,19 @@ GRID_FROM_STATUS: Final[dict[str, Grid]] = {  # raw grid_status values, DESIGN Â
     "SystemMicroGridFaulted": Grid.OFF,  # seen on real gateways; not in the library's enum
 }
 
-LOGIN_BACKOFF_S: Final = 60.0  # first pause after a rejected password: failed logins lock us out
+# A rejected login: gateways answer 401 to a good password for a few seconds while they reboot,
+# which they do around grid events. So try again soon, then less often; but never more than
+# LOGIN_FAILURES_MAX failed logins in any LOGIN_WINDOW_S (repeated failures lock the owner out).
+LOGIN_BACKOFF_S: Final = 8.0  # first pause after a rejected password
 LOGIN_BACKOFF_MAX_S: Final = 900.0  # doubling up to 15 min: a wrong PWPASS needs the owner anyway
+LOGIN_FAILURES_MAX: Final = 5
+LOGIN_WINDOW_S: Final = 900.0
+OPTIONAL_TIMEOUT_S: Final = 2.0  # charge and meters: their own short deadline, both at once
+REFUSED_RETRY_S: Final = 3600.0  # an endpoint refused to this user is asked again this often
+SLOWDOWN_FORGET_S: Final = 600.0  # good reads this long after a 429 before its back-off resets
 SLOWDOWN_BACKOFF_S: Final = 30.0  # first pause after HTTP 429 or 503 (the gateway's rate limit)
 SLOWDOWN_BACKOFF_MAX_S: Final = 300.0  # doubling up to pypowerwall's 5 min cool-down after a 429
-READ_BUDGET_FACTOR: Final = 3  # a whole read (login, 3 GETs, a re-login) gets timeout_s * this
+READ_BUDGET_FACTOR: Final = 4  # a whole read (login, grid status, a re-login) gets timeout_s * this
 SLOWDOWN_STATUSES: Final = frozenset({429, 503})  # "Too Many Requests", "Service Unavailable"
 STOPPED_STATUS: Final = 502  # grid_status, soe, aggregates answer this while the system is stopped
 NOT_FOUND_STATUS: Final = 404
@@ -109,6 +117,9 @@ class PowerwallSource:
         self._logged_in = False
         self._status: int | None = None  # HTTP status of the latest answer (a trace hook sets it)
         self._login_backoff = _Backoff(LOGIN_BACKOFF_S, LOGIN_BACKOFF_MAX_S)
+        self._failed_logins: list[float] = []  # when logins were rejected, within the window
+        self._refused: dict[str, float] = {}  # optional endpoint -> when to ask it again
+        self._optional_paused_until = -math.inf  # a 429 on an optional read: grid status only
         self._login_refusal = WRONG_PASSWORD_DETAIL
         self._slowdown = _Backoff(SLOWDOWN_BACKOFF_S, SLOWDOWN_BACKOFF_MAX_S)
         self._slowdown_status = 0
@@ -127,7 +138,8 @@ class PowerwallSource:
         """Poll the gateway once: grid status, charge, load and solar. Never raises."""
         now = self._clock()
         if self._login_backoff.is_active(now):
-            return self._unknown(self._login_refusal)
+            wait = math.ceil(self._login_backoff.remaining_s(now))
+            return self._unknown(f"{self._login_refusal}; next login attempt in {wait} s")
         if self._slowdown.is_active(now):
             return self._unknown(self._slowdown_detail(now))
         try:
@@ -166,7 +178,7 @@ class PowerwallSource:
             trace = "".join(traceback.format_exception(err))
             _LOG.warning("Unexpected failure reading the Powerwall:\n%s", self._redact(trace))
             return self._unknown(f"unexpected reply: {err}")
-        self._slowdown.reset()
+        self._slowdown.succeeded(self._clock(), SLOWDOWN_FORGET_S)
         return reading
 
     async def close(self) -> None:
@@ -248,8 +260,11 @@ class PowerwallSource:
         raw = doc.get("grid_status")
         if not isinstance(raw, str):
             raise _BadReply(f"no grid_status string in {_shorten(repr(doc))}")
-        battery_pct = await self._optional(SOE_PATH, _battery_pct, fresh=fresh)
-        meters = await self._optional(AGGREGATES_PATH, _meters, fresh=fresh)
+        # The grid status is read: it decides, whatever happens to the optional reads.
+        battery_pct, meters = await asyncio.gather(
+            self._optional(SOE_PATH, _battery_pct, fresh=fresh),
+            self._optional(AGGREGATES_PATH, _meters, fresh=fresh),
+        )
         load_w, solar_w = meters if meters is not None else (None, None)
         grid = GRID_FROM_STATUS.get(raw)
         if grid is not None:
@@ -269,35 +284,54 @@ class PowerwallSource:
     async def _optional(
         self, path: str, parse: Callable[[dict[str, Any]], T], *, fresh: bool
     ) -> T | None:
-        """Read and parse path; None when the gateway does not serve it or serves it oddly.
+        """Read and parse path within OPTIONAL_TIMEOUT_S; None when it cannot be had now.
 
-        An old session's AccessDeniedError still propagates (it means: log in again).
+        Never raises. A 401/403 right after a fresh login is this endpoint refused to this user
+        (some firmware does, for good): it is not asked again for REFUSED_RETRY_S. On an older
+        session it may be the session expiring: the next read logs in again (not this one).
         """
+        now = self._clock()
+        if now < self._refused.get(path, -math.inf) or now < self._optional_paused_until:
+            return None
         try:
-            return parse(await self._get(path))
+            async with asyncio.timeout(min(OPTIONAL_TIMEOUT_S, self.timeout_s)):
+                return parse(await self._get(path, timeout_s=math.inf))
         except AccessDeniedError as err:
             if not fresh:
-                raise
-            why = err.message or err.error or "access denied"
+                self._logged_in = False
+                return None
+            self._refused[path] = now + REFUSED_RETRY_S
+            why = f"refused to this user ({err.message or err.error or 'access denied'})"
+        except _SlowDown as err:
+            self._optional_paused_until = now + SLOWDOWN_BACKOFF_S
+            why = f"HTTP {err.status}: reading the grid status only for a while"
+        except (_NoAnswer, TimeoutError):
+            why = f"no answer in {min(OPTIONAL_TIMEOUT_S, self.timeout_s):g} s"
+        except _Stopped:
+            why = "HTTP 502"
         except _HttpError as err:
             why = f"HTTP {err.status}"
-        except (_BadReply, ApiError, ValueError, KeyError, TypeError) as err:
+        except (PowerwallUnreachableError, aiohttp.ClientError) as err:
+            why = (
+                _unreachable_reason(err) if isinstance(err, PowerwallUnreachableError) else str(err)
+            )
+        except (_BadReply, PowerwallError, ValueError, KeyError, TypeError) as err:
             why = str(err)
         self._note_odd(path, why)
         return None
 
-    async def _get(self, path: str) -> dict[str, Any]:
+    async def _get(self, path: str, *, timeout_s: float | None = None) -> dict[str, Any]:
         api = (await self._connect()).get_api()
-        doc = await self._call(path, api.get(path))
+        doc = await self._call(path, api.get(path), timeout_s=timeout_s)
         if not isinstance(doc, dict):
             raise _BadReply(f"{path} is not a JSON object: {_shorten(repr(doc))}")
         return doc
 
-    async def _call(self, path: str, call: Awaitable[T]) -> T:
+    async def _call(self, path: str, call: Awaitable[T], *, timeout_s: float | None = None) -> T:
         """Await one request under timeout_s; sort the library's ApiError by HTTP status."""
         self._status = None
         try:
-            async with asyncio.timeout(self.timeout_s):
+            async with asyncio.timeout(self.timeout_s if timeout_s is None else timeout_s):
                 return await call
         except TimeoutError as err:  # ours, or the library's (aiohttp's total timeout)
             raise _NoAnswer(path) from err
@@ -319,13 +353,21 @@ class PowerwallSource:
             # e.g. "default password not supported" (late-2024 firmware): worth showing.
             detail += f" (the gateway says: {_shorten(err.gateway_error)})"
         self._login_refusal = self._redact(detail)
-        pause_s = self._login_backoff.start(self._clock())
+        now = self._clock()
+        self._failed_logins = [t for t in self._failed_logins if now - t < LOGIN_WINDOW_S]
+        self._failed_logins.append(now)
+        pause_s = self._login_backoff.start(now)
+        if len(self._failed_logins) >= LOGIN_FAILURES_MAX:
+            # Never more than LOGIN_FAILURES_MAX in any LOGIN_WINDOW_S: wait for the oldest
+            # of them to leave the window.
+            window_s = self._failed_logins[-LOGIN_FAILURES_MAX] + LOGIN_WINDOW_S - now
+            pause_s = self._login_backoff.extend(now, window_s)
         _LOG.warning(
             "Powerwall at %s rejected the password; next login attempt in %.0f s",
             self.endpoint,
             pause_s,
         )
-        return self._unknown(detail)
+        return self._unknown(f"{detail}; next login attempt in {math.ceil(pause_s)} s")
 
     def _slow_down(self, status: int) -> GridReading:
         now = self._clock()
@@ -394,6 +436,17 @@ class _Backoff:
 
     def remaining_s(self, now: float) -> float:
         return max(0.0, self.until - now)
+
+    def extend(self, now: float, pause_s: float) -> float:
+        """Make the present pause last at least pause_s from now; return how long it lasts."""
+        self.until = max(self.until, now + pause_s)
+        return self.until - now
+
+    def succeeded(self, now: float, forget_s: float) -> None:
+        """A success: forget the failures once none came for forget_s (not at once: a gateway
+        that rate-limited us must not be hammered again at the first good answer)."""
+        if now - self.until >= forget_s:
+            self.reset()
 
     def reset(self) -> None:
         self.next_s = self.first_s

@@ -16,8 +16,9 @@ sim loop) on top of the `SimDevice` faults (DOWN, HUNG, SLOW, BAD_AUTH = every l
 `expire_after_calls`, `expire_after_s`, `expire_sessions()`, `rate_limit_login`,
 `rate_limit_reads` (429), `sitemaster_stopped` (502 with an empty body), `unavailable` (503),
 `restricted` (only login, grid_status, soe and meters/aggregates; the rest 404),
-`old_firmware_aggregates` (extra top-level `busway`, `frequency`, `generator` keys), and
-`replies` (canned answers per path). Counters: `logins`, `failed_logins`, `requests`.
+`old_firmware_aggregates` (extra top-level `busway`, `frequency`, `generator` keys),
+`replies` (canned answers per path), `hang_paths` (never answered) and `reset_paths` (the
+connection reset). Counters: `logins`, `failed_logins`, `requests`.
 
 With `responses_dir` (a captured firmware directory such as tests/fixtures/powerwall/fw-21.44),
 static endpoints are served verbatim from its files, and the dynamic ones use its files as
@@ -28,6 +29,7 @@ Must not: bind anything outside 127.0.0.0/8, log or echo the password.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import collections
 import copy
@@ -208,6 +210,9 @@ class PowerwallSim(SimDevice):
         # Canned answers, path (as in `requests`) -> (HTTP status, JSON body or None for an
         # empty body); served after faults and the cookie check, before anything else.
         self.replies: dict[str, tuple[int, object]] = {}
+        # Paths that never answer (the connection stays open), or whose connection is reset.
+        self.hang_paths: set[str] = set()
+        self.reset_paths: set[str] = set()
         # Counters.
         self.logins = 0  # successful logins (tokens issued)
         self.failed_logins = 0  # logins answered 401
@@ -261,6 +266,11 @@ class PowerwallSim(SimDevice):
         path = request.path.removeprefix("/api/")
         self.requests[path] += 1
         await self.obey_fault()
+        if path in self.hang_paths:
+            await asyncio.Event().wait()  # cancelled when the client or the server goes
+        if path in self.reset_paths and request.transport is not None:
+            request.transport.abort()  # RST: the client sees "connection reset"
+            return web.Response(status=500)
         if self.restricted and path not in RESTRICTED_PATHS:
             return _not_found()
         if self.unavailable:
