@@ -18,6 +18,7 @@ import math
 import os
 import re
 import stat
+import threading
 import traceback
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -36,6 +37,7 @@ KASA_PORT: Final = 9999
 TUYA_PORT: Final = 6668
 EXAMPLE: Final = "config.example.py"
 
+EXEC_TIMEOUT_S: Final = 5.0  # running config.py: setting values takes milliseconds
 _HOST_RE: Final = re.compile(r"^[A-Za-z0-9_]([A-Za-z0-9._-]*[A-Za-z0-9])?$")
 
 
@@ -446,6 +448,7 @@ def load_config(path: Path, env: Mapping[str, str] | None = None) -> Config:
     """Read config.py at path; raise ConfigError naming the file, line and fix."""
     env = os.environ if env is None else env
     source = _read(path)
+    _check_owner_and_mode(path)
     lines = _assignment_lines(source, path)
     namespace = _execute(source, path)
     values: dict[str, Any] = {}
@@ -550,12 +553,30 @@ def _assignment_lines(source: str, path: Path) -> dict[str, int]:
 
 
 def _execute(source: str, path: Path) -> dict[str, Any]:
-    """Run config.py in a fresh namespace. Compiled in memory: no bytecode file is written."""
+    """Run config.py in a fresh namespace, bounded by EXEC_TIMEOUT_S. Compiled in memory: no
+    bytecode file is written. A config that exits, raises or blocks is a ConfigError."""
     code = compile(source, str(path), "exec", dont_inherit=True)
     namespace: dict[str, Any] = {"__file__": str(path), "__name__": "__loadshed_config__"}
-    try:
-        exec(code, namespace)  # the owner's own config file, as the seed did
-    except Exception as err:
+    failure: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            exec(code, namespace)  # the owner's own config file, as the seed did
+        except BaseException as err:  # SystemExit and KeyboardInterrupt too: never "all good"
+            failure.append(err)
+
+    worker = threading.Thread(target=run, name="config.py", daemon=True)
+    worker.start()
+    worker.join(EXEC_TIMEOUT_S)
+    if worker.is_alive():
+        raise ConfigError(
+            path,
+            None,
+            f"running it took more than {EXEC_TIMEOUT_S:g} s",
+            "config.py may only set values: no loops, waits or network calls",
+        )
+    if failure:
+        err = failure[0]
         line = None
         for frame in traceback.extract_tb(err.__traceback__):
             if frame.filename == str(path):
@@ -569,6 +590,28 @@ def _execute(source: str, path: Path) -> dict[str, Any]:
     return namespace
 
 
+def _check_owner_and_mode(path: Path) -> None:
+    """config.py is executed with the owner's rights: refuse one another user could change."""
+    try:
+        st = path.stat()
+    except OSError:
+        return
+    if hasattr(os, "getuid") and st.st_uid != os.getuid():
+        raise ConfigError(
+            path,
+            None,
+            f"is owned by another user (uid {st.st_uid}); it is executed as you",
+            f"make it yours: chown $(id -u) {path} && chmod 600 {path}",
+        )
+    if st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+        raise ConfigError(
+            path,
+            None,
+            f"can be changed by other users (mode {stat.S_IMODE(st.st_mode):o}); it is executed",
+            f"run chmod 600 {path}",
+        )
+
+
 def _permission_warnings(path: Path) -> tuple[str, ...]:
     try:
         mode = path.stat().st_mode
@@ -576,7 +619,7 @@ def _permission_warnings(path: Path) -> tuple[str, ...]:
         return ()
     if mode & (stat.S_IRWXG | stat.S_IRWXO):
         return (
-            f"{path} can be read or changed by other users (mode {stat.S_IMODE(mode):o}): "
-            f"run chmod 600 {path}; it holds passwords and is executed",
+            f"{path} can be read by other users (mode {stat.S_IMODE(mode):o}): "
+            f"run chmod 600 {path}; it holds passwords",
         )
     return ()

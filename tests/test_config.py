@@ -228,6 +228,55 @@ def test_world_readable_config_is_a_warning(tmp_path: Path) -> None:
     assert any("chmod 600" in w for w in config.warnings)
 
 
+@pytest.mark.parametrize("mode", [0o620, 0o602, 0o666])
+def test_a_config_others_could_change_is_refused(tmp_path: Path, mode: int) -> None:
+    path = write(tmp_path, MINIMAL)
+    path.chmod(mode)
+    out, err = io.StringIO(), io.StringIO()
+    code = main(["check", "--config", str(path)], env={}, stdout=out, stderr=err)
+    assert code == 2
+    assert err.getvalue() == (
+        f"loadshed: {path}: can be changed by other users (mode {mode:o}); it is executed "
+        f"— run chmod 600 {path}\n"
+    )
+
+
+def test_a_config_owned_by_another_user_is_refused(tmp_path: Path) -> None:
+    if os.getuid() != 0:
+        pytest.skip("only root can give a file to another user")
+    path = write(tmp_path, MINIMAL)
+    os.chown(path, 65534, -1)  # nobody
+    message = error_of_path(path)
+    assert "is owned by another user (uid 65534); it is executed as you" in message
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        pytest.param("import sys\nsys.exit(0)\n", "running it failed: SystemExit", id="exit"),
+        pytest.param("raise SystemExit\n", "running it failed: SystemExit", id="raise"),
+        pytest.param("raise KeyboardInterrupt\n", "failed: KeyboardInterrupt", id="interrupt"),
+        # (a sleep, not a busy loop: the abandoned thread must not burn this test run's CPU)
+        pytest.param("import time\ntime.sleep(3600)\n", "took more than 5 s", id="blocks"),
+    ],
+)
+def test_a_config_that_exits_or_blocks_is_exit_2_never_all_good(
+    tmp_path: Path, text: str, expected: str
+) -> None:
+    path = write(tmp_path, MINIMAL + text)
+    out, err = io.StringIO(), io.StringIO()
+    code = main(["check", "--config", str(path)], env={}, stdout=out, stderr=err)
+    assert code == 2
+    assert expected in err.getvalue()
+    assert "Traceback" not in err.getvalue()
+
+
+def error_of_path(path: Path) -> str:
+    with pytest.raises(ConfigError) as info:
+        load_config(path, {})
+    return str(info.value)
+
+
 def test_check_with_bad_config_is_exit_2_with_one_line(tmp_path: Path) -> None:
     path = write(tmp_path, MINIMAL + "PWPAS = 1\n")
     out, err = io.StringIO(), io.StringIO()

@@ -33,7 +33,8 @@ import dataclasses
 import errno
 import logging
 import math
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from typing import Final, TypeVar
 
 from kasa import (
@@ -52,6 +53,7 @@ from kasa.deviceconfig import (
     DeviceFamily,
 )
 
+from loadshed.drivers.backoff import LoginGuard
 from loadshed.model import Kind, Outcome, Power, Status
 
 _LOG = logging.getLogger(__name__)
@@ -92,8 +94,11 @@ class KasaHost:
         username: str = "",
         password: str = "",
         timeout_s: float = 3.0,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.host = host
+        self._clock = clock
+        self._login_guard = LoginGuard()
         self.port = port
         self.timeout_s = timeout_s
         self.switches: tuple[KasaSwitch, ...] = ()
@@ -122,7 +127,16 @@ class KasaHost:
         return f"KasaHost({self.address}, via={self._way_name or '-'})"
 
     async def connect(self) -> Outcome:
-        """Find the device and its outlets; fill `switches`. Never raises."""
+        """Find the device and its outlets; fill `switches`. Never raises.
+
+        After a rejected TP-Link login it does not try again before the guard allows
+        (drivers/backoff.py): repeated failed logins lock the account's owner out.
+        """
+        now = self._clock()
+        if not self._login_guard.may_try(now):
+            return Outcome.failed(
+                f"{LOGIN_REJECTED}; next login attempt in {self._login_guard.wait_s(now)} s"
+            )
         budget_s = CONNECT_CALLS * self.timeout_s + self._discovery_s
         try:
             async with asyncio.timeout(budget_s), self._lock:
@@ -132,8 +146,12 @@ class KasaHost:
             outcome = self._outcome_of(err)
             if outcome.detail == REFUSED and not self._username:
                 outcome = Outcome.unreachable(REFUSED_NO_LOGIN)
+            if outcome.detail == LOGIN_REJECTED:
+                pause_s = self._login_guard.rejected(self._clock())
+                outcome = Outcome.failed(f"{LOGIN_REJECTED}; next login attempt in {pause_s:.0f} s")
             _LOG.debug("kasa %s: cannot connect: %s", self.address, outcome.detail)
             return outcome
+        self._login_guard.accepted()
         self._device = device
         self.switches = self._make_switches(device)
         self._open_switches = len(self.switches)

@@ -40,6 +40,11 @@ from tesla_powerwall.error import (
 )
 from tesla_powerwall.powerwall import Powerwall
 
+from loadshed.drivers.backoff import (
+    LOGIN_FIRST_S,
+    Backoff,
+    LoginGuard,
+)
 from loadshed.model import Grid, GridReading, Status
 
 _LOG = logging.getLogger(__name__)
@@ -56,13 +61,10 @@ GRID_FROM_STATUS: Final[dict[str, Grid]] = {  # raw grid_status values, DESIGN Â
     "SystemMicroGridFaulted": Grid.OFF,  # seen on real gateways; not in the library's enum
 }
 
-# A rejected login: gateways answer 401 to a good password for a few seconds while they reboot,
-# which they do around grid events. So try again soon, then less often; but never more than
-# LOGIN_FAILURES_MAX failed logins in any LOGIN_WINDOW_S (repeated failures lock the owner out).
-LOGIN_BACKOFF_S: Final = 8.0  # first pause after a rejected password
-LOGIN_BACKOFF_MAX_S: Final = 900.0  # doubling up to 15 min: a wrong PWPASS needs the owner anyway
-LOGIN_FAILURES_MAX: Final = 5
-LOGIN_WINDOW_S: Final = 900.0
+# A rejected login is tried again soon, then less often, never more than LOGIN_FAILURES_MAX
+# times in any LOGIN_WINDOW_S (drivers/backoff.py): gateways answer 401 to a good password for
+# a few seconds while they reboot, and lock the owner out after repeated failures.
+LOGIN_BACKOFF_S: Final = LOGIN_FIRST_S
 OPTIONAL_TIMEOUT_S: Final = 2.0  # charge and meters: their own short deadline, both at once
 REFUSED_RETRY_S: Final = 3600.0  # an endpoint refused to this user is asked again this often
 SLOWDOWN_FORGET_S: Final = 600.0  # good reads this long after a 429 before its back-off resets
@@ -116,12 +118,11 @@ class PowerwallSource:
         self._powerwall: Powerwall | None = None
         self._logged_in = False
         self._status: int | None = None  # HTTP status of the latest answer (a trace hook sets it)
-        self._login_backoff = _Backoff(LOGIN_BACKOFF_S, LOGIN_BACKOFF_MAX_S)
-        self._failed_logins: list[float] = []  # when logins were rejected, within the window
+        self._login_guard = LoginGuard()
         self._refused: dict[str, float] = {}  # optional endpoint -> when to ask it again
         self._optional_paused_until = -math.inf  # a 429 on an optional read: grid status only
         self._login_refusal = WRONG_PASSWORD_DETAIL
-        self._slowdown = _Backoff(SLOWDOWN_BACKOFF_S, SLOWDOWN_BACKOFF_MAX_S)
+        self._slowdown = Backoff(SLOWDOWN_BACKOFF_S, SLOWDOWN_BACKOFF_MAX_S)
         self._slowdown_status = 0
         self._unknown_seen: set[str] = set()  # unknown grid statuses, each logged once
         self._odd_seen: set[str] = set()  # endpoints whose odd reply was logged once
@@ -137,8 +138,8 @@ class PowerwallSource:
     async def read(self) -> GridReading:
         """Poll the gateway once: grid status, charge, load and solar. Never raises."""
         now = self._clock()
-        if self._login_backoff.is_active(now):
-            wait = math.ceil(self._login_backoff.remaining_s(now))
+        if not self._login_guard.may_try(now):
+            wait = self._login_guard.wait_s(now)
             return self._unknown(f"{self._login_refusal}; next login attempt in {wait} s")
         if self._slowdown.is_active(now):
             return self._unknown(self._slowdown_detail(now))
@@ -251,7 +252,7 @@ class PowerwallSource:
         except AccessDeniedError as err:
             raise _LoginRejected(err.error) from err
         self._logged_in = True
-        self._login_backoff.reset()
+        self._login_guard.accepted()
         _LOG.info("Logged in to the Powerwall at %s", self.endpoint)
 
     async def _read_endpoints(self, *, fresh: bool) -> GridReading:
@@ -353,15 +354,7 @@ class PowerwallSource:
             # e.g. "default password not supported" (late-2024 firmware): worth showing.
             detail += f" (the gateway says: {_shorten(err.gateway_error)})"
         self._login_refusal = self._redact(detail)
-        now = self._clock()
-        self._failed_logins = [t for t in self._failed_logins if now - t < LOGIN_WINDOW_S]
-        self._failed_logins.append(now)
-        pause_s = self._login_backoff.start(now)
-        if len(self._failed_logins) >= LOGIN_FAILURES_MAX:
-            # Never more than LOGIN_FAILURES_MAX in any LOGIN_WINDOW_S: wait for the oldest
-            # of them to leave the window.
-            window_s = self._failed_logins[-LOGIN_FAILURES_MAX] + LOGIN_WINDOW_S - now
-            pause_s = self._login_backoff.extend(now, window_s)
+        pause_s = self._login_guard.rejected(self._clock())
         _LOG.warning(
             "Powerwall at %s rejected the password; next login attempt in %.0f s",
             self.endpoint,
@@ -413,44 +406,6 @@ class PowerwallSource:
         if len(self._password) < MIN_SECRET_LEN:
             return text
         return text.replace(self._password, MASK)
-
-
-class _Backoff:
-    """A pause that doubles after each failure, up to a cap, and starts over after a success."""
-
-    def __init__(self, first_s: float, max_s: float) -> None:
-        self.first_s = first_s
-        self.max_s = max_s
-        self.next_s = first_s
-        self.until = -math.inf
-
-    def start(self, now: float) -> float:
-        """Begin a pause at now; return how long it lasts."""
-        pause_s = self.next_s
-        self.until = now + pause_s
-        self.next_s = min(pause_s * 2, self.max_s)
-        return pause_s
-
-    def is_active(self, now: float) -> bool:
-        return now < self.until
-
-    def remaining_s(self, now: float) -> float:
-        return max(0.0, self.until - now)
-
-    def extend(self, now: float, pause_s: float) -> float:
-        """Make the present pause last at least pause_s from now; return how long it lasts."""
-        self.until = max(self.until, now + pause_s)
-        return self.until - now
-
-    def succeeded(self, now: float, forget_s: float) -> None:
-        """A success: forget the failures once none came for forget_s (not at once: a gateway
-        that rate-limited us must not be hammered again at the first good answer)."""
-        if now - self.until >= forget_s:
-            self.reset()
-
-    def reset(self) -> None:
-        self.next_s = self.first_s
-        self.until = -math.inf
 
 
 class _LoginRejected(Exception):

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import ipaddress
 import logging
-import os
 import sys
 from pathlib import Path
 from typing import Final
@@ -122,7 +121,7 @@ async def shutdown(
     if samba and not computer.user:
         return Outcome.failed(NO_USER)
     argv, extra_env = build_command(computer, platform=platform, password=password)
-    env = {**os.environ, **extra_env}
+    env = {**ssh.child_env(), **extra_env}  # none of loadshed's own secrets but this one
     try:
         done = await run_bounded(argv, timeout_s=timeout_s, env=env)
     except TimeoutError:

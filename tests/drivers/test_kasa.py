@@ -225,9 +225,30 @@ def test_klap_plug_with_wrong_password_is_a_login_failure(
 
     outcome = rig.run(host.connect())
 
-    assert outcome == Outcome.failed(LOGIN_REJECTED)
+    assert outcome.status is Status.FAILED
+    assert outcome.detail.startswith(LOGIN_REJECTED)
     assert host.switches == ()
     assert "not-" + PASSWORD not in caplog.text + repr(host)
+
+
+def test_a_rejected_tp_link_login_backs_off_and_never_locks_the_account(rig: Rig) -> None:
+    """Every 30 s refresh used to cost two failed KLAP logins per plug. Now: retried after
+    8 s, then less often, never more than 5 failed logins in any 15 minutes."""
+    now = [0.0]
+    sim = rig.start(klap(Outlet("Freezer", 150.0)))
+    host = rig.host(sim, username=USER, password="not-" + PASSWORD, clock=lambda: now[0])
+    attempts: list[float] = []
+    for tick in range(120):  # an hour of refreshes every 30 s
+        before = sim.handshakes
+        outcome = rig.run(host.connect())
+        assert outcome.detail.startswith(LOGIN_REJECTED)
+        assert "next login attempt in" in outcome.detail
+        if sim.handshakes > before:
+            attempts.append(tick * 30.0)
+        now[0] += 30
+    for i, start in enumerate(attempts):
+        assert len([t for t in attempts[i:] if t - start < 900]) <= 5
+    assert 8 <= len(attempts) <= 12  # it still tries: a corrected password is found
 
 
 def test_klap_plug_rejecting_credentials_later_is_a_login_failure(

@@ -15,11 +15,10 @@ from typing import Any, Final
 
 import pytest
 
+from loadshed.drivers.backoff import LOGIN_FAILURES_MAX, LOGIN_WINDOW_S
 from loadshed.drivers.powerwall import (
     GRID_FROM_STATUS,
     LOGIN_BACKOFF_S,
-    LOGIN_FAILURES_MAX,
-    LOGIN_WINDOW_S,
     REFUSED_RETRY_S,
     SLOWDOWN_BACKOFF_MAX_S,
     SLOWDOWN_BACKOFF_S,
