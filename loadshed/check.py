@@ -19,6 +19,7 @@ from loadshed.drivers.computer import ComputerSwitch
 from loadshed.drivers.powerwall import PowerwallSource
 from loadshed.errors import ConfigError
 from loadshed.model import Grid, GridReading, Kind, Outcome, Power, Status
+from loadshed.trust import Trust
 
 POWERWALL_TIMEOUT_S: Final = 5.0  # the gateway is slower than a plug, and matters more
 HEADERS: Final = ("name", "kind", "address", "reachable", "state", "rule")
@@ -55,6 +56,8 @@ async def run_check(
     config: Config,
     computers: Sequence[Computer],
     computers_path: Path = Path("computers.txt"),
+    *,
+    trust: Trust | None = None,
 ) -> Report:
     """Reach everything once, concurrently; return one row per device.
 
@@ -68,10 +71,11 @@ async def run_check(
         config.powerwall_password,
         config.powerwall_email,
         timeout_s=POWERWALL_TIMEOUT_S,
+        trust=trust,
     )
     try:
         grid_row, computer_rows, _ = await asyncio.gather(
-            _powerwall_row(powerwall, str(config.powerwall)),
+            _powerwall_row(powerwall, str(config.powerwall), trust),
             asyncio.gather(*(_computer_row(registry.devices[c.name], c) for c in computers)),
             _reach_plugs(registry),
         )
@@ -123,7 +127,7 @@ async def _reach_plugs(registry: Registry) -> None:
     await registry.read([n for n, d in registry.devices.items() if d.switch.kind in PLUG_KINDS])
 
 
-async def _powerwall_row(source: PowerwallSource, address: str) -> Row:
+async def _powerwall_row(source: PowerwallSource, address: str, trust: Trust | None) -> Row:
     reading = await source.read()
     if reading.status is not Status.OK:
         outcome = Outcome(reading.status, detail=reading.detail)
@@ -133,6 +137,9 @@ async def _powerwall_row(source: PowerwallSource, address: str) -> Row:
     else:
         outcome = Outcome.ok(None)
     state = _grid_state(reading) if reading.status is Status.OK else ""
+    pinned = trust.pinned(address) if trust is not None else None
+    if pinned is not None and reading.status is Status.OK:
+        state += f", certificate SHA-256 {pinned[:23]}…"
     return Row("Powerwall", Kind.POWERWALL, address, outcome, state, "")
 
 

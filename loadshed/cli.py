@@ -40,6 +40,11 @@ def _parser() -> argparse.ArgumentParser:
         "check", help="validate the config and reach every device once (never switches anything)"
     )
     _add_config_args(check)
+    check.add_argument(
+        "--trust-powerwall",
+        action="store_true",
+        help="accept the Powerwall's certificate as it is now (after replacing the gateway)",
+    )
 
     run = verbs.add_parser("run", help="the daemon: watch the Powerwall, shed and restore")
     _add_config_args(run)
@@ -157,13 +162,19 @@ def _check(args: argparse.Namespace, env: Mapping[str, str], out: TextIO, err: T
     from loadshed.logs import redact_secrets
     from loadshed.notify import waiting
     from loadshed.state import default_state_dir
+    from loadshed.trust import TRUST_FILE, Trust
 
     config = load_config(args.config, env)
     computers_path = args.computers or config.path.parent / "computers.txt"
     computers = load_computers(computers_path, required=args.computers is not None)
     check_power_rules(computers, config.rule_for, computers_path)
     redact_secrets(config.secrets())
-    report = asyncio.run(run_check(config, computers, computers_path))
+    trust = Trust((config.state_dir or default_state_dir()) / TRUST_FILE)
+    if args.trust_powerwall:
+        old = trust.forget(str(config.powerwall))
+        if old is not None:
+            print(f"forgot the Powerwall's old certificate (SHA-256 {old})", file=out)
+    report = asyncio.run(run_check(config, computers, computers_path, trust=trust))
     print(format_table(report.rows), file=out)
     for warning in report.warnings:
         print(f"warning: {warning}", file=out)

@@ -52,6 +52,7 @@ from loadshed.model import (
     Verb,
 )
 from loadshed.state import EVENTS_LOGGER, ShedEntry, State, StateStore
+from loadshed.trust import TRUST_FILE, Trust
 
 _LOG = logging.getLogger(__name__)
 _EVENTS = logging.getLogger(EVENTS_LOGGER)
@@ -166,6 +167,7 @@ class Engine:
             config.powerwall_email,
             timeout_s=POWERWALL_TIMEOUT_S,
             clock=clock,
+            trust=Trust(store.dir / TRUST_FILE) if store is not None else None,
         )
         self.state = State()
         self.memory = policy.Memory()

@@ -8,7 +8,9 @@ datagrams to anything else (discovery and Wake-on-LAN send with sendto, not conn
 from __future__ import annotations
 
 import ipaddress
+import os
 import socket
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -32,6 +34,10 @@ def _loopback_sendto(self: socket.socket, data: Any, *args: Any) -> int:
 
 
 socket.socket.sendto = _loopback_sendto  # type: ignore[method-assign,assignment]
+
+# The default state dir (check's trust.json and outbox) is a private temporary one: the test
+# run never writes into the real ~/.local/state/loadshed.
+os.environ["XDG_STATE_HOME"] = tempfile.mkdtemp(prefix="loadshed-test-state-")
 
 
 @pytest.fixture

@@ -15,6 +15,7 @@ import pytest
 from loadshed.sim.base import Fault
 from loadshed.sim.house import SimHouse
 from loadshed.sim.ssh import SshHost, combined_ssh_config
+from loadshed.trust import TRUST_FILE, Trust
 
 CHECK_TIMEOUT_S = 60  # a hung device costs check a few seconds; never this
 
@@ -261,3 +262,26 @@ def test_check_shows_alerts_waiting_in_the_outbox(config: Path, tmp_path: Path) 
     config.write_text(config.read_text() + f"STATE_DIR = {str(tmp_path / 'state')!r}\n")
     result = run_loadshed("check", "--config", str(config), cwd=tmp_path)
     assert "alerts: 1 waiting in the outbox (loadshed run sends them)" in result.out
+
+
+def test_check_pins_the_powerwall_certificate_and_trust_powerwall_accepts_a_new_one(
+    house: SimHouse, config: Path, tmp_path: Path
+) -> None:
+    state = tmp_path / "xdg-state"  # check keeps trust.json in the default state dir
+    env = {"XDG_STATE_HOME": str(state)}
+    first = run_loadshed("check", "--config", str(config), cwd=tmp_path, env=env)
+    assert first.code == 0, first.out + first.err
+    assert "certificate SHA-256" in first.row("Powerwall")
+    trust = Trust(state / "loadshed" / TRUST_FILE)
+    endpoint = house.powerwall.endpoint
+    assert trust.pinned(endpoint) is not None
+    trust.forget(endpoint)
+    trust.check(endpoint, b"the certificate of another gateway")  # as if it had been replaced
+    refused = run_loadshed("check", "--config", str(config), cwd=tmp_path, env=env)
+    assert refused.code == 1
+    assert "certificate changed" in refused.detail_after("Powerwall")
+    accepted = run_loadshed(
+        "check", "--config", str(config), "--trust-powerwall", cwd=tmp_path, env=env
+    )
+    assert accepted.code == 0, accepted.out + accepted.err
+    assert "forgot the Powerwall's old certificate" in accepted.out

@@ -46,6 +46,7 @@ from loadshed.drivers.backoff import (
     LoginGuard,
 )
 from loadshed.model import Grid, GridReading, Status
+from loadshed.trust import CertificateChanged, Trust
 
 _LOG = logging.getLogger(__name__)
 
@@ -108,8 +109,10 @@ class PowerwallSource:
         *,
         timeout_s: float = 5.0,
         clock: Callable[[], float] = time.monotonic,
+        trust: Trust | None = None,
     ) -> None:
         self.endpoint = endpoint  # "192.168.1.50" or "host:port"; the library forces https
+        self.trust = trust  # the gateway's certificate, pinned on first contact
         self._password = password
         self._email = email
         self.timeout_s = timeout_s
@@ -216,8 +219,9 @@ class PowerwallSource:
         trace = aiohttp.TraceConfig()
         trace.on_request_end.append(self._on_request_end)
         # unsafe=True keeps cookies for bare IP hosts, as the library's own session does.
+        connector = _PinningConnector(self.trust, self.endpoint) if self.trust else None
         session = aiohttp.ClientSession(
-            cookie_jar=aiohttp.CookieJar(unsafe=True), trace_configs=[trace]
+            cookie_jar=aiohttp.CookieJar(unsafe=True), trace_configs=[trace], connector=connector
         )
         try:
             powerwall = Powerwall(
@@ -408,6 +412,47 @@ class PowerwallSource:
         return text.replace(self._password, MASK)
 
 
+class _CertificateMismatch(aiohttp.ServerConnectionError):
+    """The gateway's certificate is not the one pinned (an aiohttp connection error, so the
+    library reports it as unreachable, before any request — the password — is sent)."""
+
+    def __init__(self, changed: CertificateChanged) -> None:
+        self.detail = (
+            f"the Powerwall's certificate changed (SHA-256 {changed.got[:23]}…, pinned "
+            f"{changed.pinned[:23]}…): nothing is sent to it. If you replaced the gateway, run "
+            "`loadshed check --trust-powerwall`"
+        )
+        super().__init__(self.detail)
+
+
+class _PinningConnector(aiohttp.TCPConnector):
+    """Checks every new TLS connection's certificate against trust.json before it is used."""
+
+    def __init__(self, trust: Trust, key: str) -> None:
+        super().__init__()
+        self._trust = trust
+        self._key = key
+        self._said: set[str] = set()  # changed certificates already logged (once each)
+
+    async def _wrap_create_connection(
+        self, *args: Any, **kwargs: Any
+    ) -> tuple[asyncio.Transport, Any]:
+        transport, protocol = await super()._wrap_create_connection(*args, **kwargs)
+        sslobj = transport.get_extra_info("ssl_object")
+        der = sslobj.getpeercert(binary_form=True) if sslobj is not None else None
+        if der is not None:
+            try:
+                self._trust.check(self._key, der)
+            except CertificateChanged as err:
+                transport.close()
+                mismatch = _CertificateMismatch(err)
+                if err.got not in self._said:
+                    self._said.add(err.got)
+                    _LOG.error("Powerwall %s: %s", self._key, mismatch.detail)
+                raise mismatch from None
+        return transport, protocol
+
+
 class _LoginRejected(Exception):
     def __init__(self, gateway_error: str | None) -> None:
         super().__init__(gateway_error or "login rejected")
@@ -484,6 +529,8 @@ def _unreachable_reason(err: PowerwallUnreachableError) -> str:
     """Say in a few words why the gateway could not be reached."""
     # The library raises PowerwallUnreachableError(str(e)) inside `except`: e is the context.
     cause = err.__cause__ or err.__context__
+    if isinstance(cause, _CertificateMismatch):
+        return cause.detail
     if isinstance(cause, aiohttp.ClientSSLError):
         return "TLS handshake failed"
     if isinstance(cause, aiohttp.ServerDisconnectedError):

@@ -31,6 +31,7 @@ from loadshed.model import Grid, GridReading, Status
 from loadshed.sim.base import Fault, SiteState
 from loadshed.sim.loop import LoopThread
 from loadshed.sim.powerwall import AGGREGATES_PATH, GRID_STATUS_PATH, SOE_PATH, PowerwallSim
+from loadshed.trust import TRUST_FILE, Trust
 
 PASSWORD: Final = "pw-Secret-9f3b2"
 WRONG_PASSWORD: Final = "not-the-Secret-77"
@@ -532,3 +533,34 @@ def test_password_never_leaks(rig: Rig, caplog: pytest.LogCaptureFixture) -> Non
     )
     assert PASSWORD not in text
     assert WRONG_PASSWORD not in text
+
+
+# --- the gateway's certificate, pinned on first contact ------------------------------------------
+
+
+def test_a_changed_certificate_is_unknown_and_the_password_is_never_sent(
+    rig: Rig, tmp_path: Path
+) -> None:
+    trust = Trust(tmp_path / TRUST_FILE)
+    first = rig.source()
+    first.trust = trust
+    assert rig.read(first).grid is Grid.ON
+    pinned = trust.pinned(rig.sim.endpoint)
+    assert pinned is not None and pinned.count(":") == 31  # a SHA-256, as hex pairs
+    port = rig.sim.port
+    rig.loop.run(rig.sim.stop())
+    impostor = PowerwallSim(rig.site, PASSWORD, port=port, clock=rig.clock)  # a new certificate
+    rig.loop.run(impostor.start())
+    try:
+        again = rig.source()
+        again.trust = trust
+        reading = rig.read(again)
+        assert reading.grid is Grid.UNKNOWN
+        assert "certificate changed" in reading.detail
+        assert "loadshed check --trust-powerwall" in reading.detail
+        assert impostor.requests["login/Basic"] == 0  # the password never left
+        assert trust.forget(impostor.endpoint) == pinned  # what --trust-powerwall does
+        assert rig.read(again).grid is Grid.ON
+        assert trust.pinned(impostor.endpoint) not in (None, pinned)
+    finally:
+        rig.loop.run(impostor.stop())

@@ -271,7 +271,8 @@ def test_sigterm_stops_cleanly_and_the_state_dir_is_private(
     assert state_dir.stat().st_mode & 0o777 == 0o700
     assert (state_dir / "state.json").stat().st_mode & 0o777 == 0o600
     assert set(json.loads((state_dir / "state.json").read_text())["shed"]) == set(SHEDDABLE)
-    assert sorted(p.name for p in state_dir.iterdir()) == ["events.log", "state.json"]
+    assert sorted(p.name for p in state_dir.iterdir()) == ["events.log", "state.json", "trust.json"]
+    assert all(p.stat().st_mode & 0o777 == 0o600 for p in state_dir.iterdir())
 
 
 def test_slow_is_not_absent_and_an_outage_at_start_waits_for_nobody(
