@@ -55,7 +55,8 @@ SMTP_HOST = "smtp.example.com"
 SMTP_PORT = 587                     # 587 with STARTTLS, or 465 for implicit TLS
 SMTP_USER = ""
 SMTP_PASSWORD = ""
-SMTP_STARTTLS = True
+SMTP_STARTTLS = True                # a password is only ever sent over TLS (STARTTLS or 465)
+SMTP_SSL = False                    # True: implicit TLS on SMTP_PORT (always so on port 465)
 MAIL_FROM = "loadshed@example.com"
 
 # --- More alert channels, as Apprise URLs (ntfys://topic, pover://user@token, tgram://...) ------

@@ -92,6 +92,7 @@ class Config:
     smtp_user: str = ""
     smtp_password: str = field(default="", repr=False)
     smtp_starttls: bool = True
+    smtp_ssl: bool = False  # implicit TLS on SMTP_PORT (always on port 465)
     mail_from: str = ""
     notify_urls: tuple[str, ...] = field(default=(), repr=False)  # URLs may carry tokens
     windows_password: str = field(default="", repr=False)
@@ -427,6 +428,7 @@ VARIABLES: Final[dict[str, _Var]] = {
     "SMTP_USER": _Var(_text, "", "text"),
     "SMTP_PASSWORD": _Var(_text, "", "text"),
     "SMTP_STARTTLS": _Var(_boolean, True, ""),
+    "SMTP_SSL": _Var(_boolean, False, ""),
     "MAIL_FROM": _Var(_text, "", "text"),
     "NOTIFY_URLS": _Var(_urls, (), ""),
     "WINDOWS_PASSWORD": _Var(_text, "", "text"),
@@ -498,6 +500,7 @@ def load_config(path: Path, env: Mapping[str, str] | None = None) -> Config:
         smtp_user=checked["SMTP_USER"],
         smtp_password=checked["SMTP_PASSWORD"],
         smtp_starttls=checked["SMTP_STARTTLS"],
+        smtp_ssl=checked["SMTP_SSL"],
         mail_from=checked["MAIL_FROM"],
         notify_urls=checked["NOTIFY_URLS"],
         windows_password=checked["WINDOWS_PASSWORD"],

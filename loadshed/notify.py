@@ -25,6 +25,7 @@ import asyncio
 import contextlib
 import email.utils
 import hashlib
+import ipaddress
 import json
 import logging
 import os
@@ -746,6 +747,7 @@ class SmtpChannel:
     user: str = ""
     password: str = field(default="", repr=False)
     starttls: bool = True
+    ssl: bool = False  # SMTP_SSL: implicit TLS on a port other than 465
     timeout_s: float = SMTP_TIMEOUT_S
 
     @classmethod
@@ -759,6 +761,7 @@ class SmtpChannel:
             user=config.smtp_user,
             password=config.smtp_password,
             starttls=config.smtp_starttls,
+            ssl=config.smtp_ssl,
         )
 
     @property
@@ -775,7 +778,17 @@ class SmtpChannel:
 
     @property
     def implicit_tls(self) -> bool:
-        return self.port == SMTP_IMPLICIT_TLS_PORT
+        return self.ssl or self.port == SMTP_IMPLICIT_TLS_PORT
+
+    @property
+    def cleartext_allowed(self) -> bool:
+        """A login without TLS only to a relay on this very machine, asked for in so many
+        words: SMTP_HOST a loopback address (not a name) and SMTP_STARTTLS = False."""
+        try:
+            loopback = ipaddress.ip_address(self.host).is_loopback
+        except ValueError:
+            return False
+        return loopback and not self.starttls
 
     def compose(self, note: Note) -> EmailMessage:
         """Build the email for a note."""
@@ -801,6 +814,11 @@ class SmtpChannel:
             raise
         except smtplib.SMTPAuthenticationError as err:
             raise SendError(SMTP_LOGIN_REJECTED) from err
+        except UnicodeEncodeError as err:  # smtplib logs in with ASCII only
+            raise SendError(
+                "SMTP_USER or SMTP_PASSWORD has characters outside ASCII, which an SMTP login "
+                "cannot carry: use an app password"
+            ) from err
         except smtplib.SMTPRecipientsRefused as err:
             code, said = next(iter(err.recipients.values()), (0, b""))
             why = f"the server refused MAILNOTIF {self.mail_to}: {code} {_said(said)}"
@@ -858,14 +876,21 @@ class SmtpChannel:
             )
         with smtp:
             smtp.ehlo()
-            if self.starttls and not self.implicit_tls:
+            tls = self.implicit_tls
+            if not tls and self.starttls:
                 if not smtp.has_extn("starttls"):
                     raise SendError(
-                        f"{self.host}:{self.port} does not offer STARTTLS: use port 465, or set "
-                        "SMTP_STARTTLS = False for a relay on your own network"
+                        f"{self.host}:{self.port} does not offer STARTTLS: use its TLS port "
+                        "(SMTP_PORT = 465, or SMTP_SSL = True for another port)"
                     )
                 smtp.starttls(context=context)
                 smtp.ehlo()
+                tls = True
+            if self.user and not tls and not self.cleartext_allowed:
+                raise SendError(
+                    f"refusing to send SMTP_PASSWORD to {self.host}:{self.port} without TLS: "
+                    "use its TLS port (SMTP_PORT = 465, or SMTP_SSL = True)"
+                )
             if self.user:
                 if not smtp.has_extn("auth"):
                     raise SendError(

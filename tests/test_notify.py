@@ -23,7 +23,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from email.message import EmailMessage
 from pathlib import Path
 from typing import Any
@@ -726,3 +726,52 @@ def test_without_any_channel_nothing_is_queued_and_it_is_said_once(
     assert asyncio.run(notifier.send_test()) == []
     with running(notifier, sim_loop):  # runs (idle) until cancelled, like with channels
         pass
+
+
+@pytest.mark.timeout(60)
+def test_a_password_is_never_sent_without_tls_but_to_a_loopback_relay_asked_for(
+    smtp_sinks: list[SmtpSink], tmp_path: Path
+) -> None:
+    sink = SmtpSink(auth=True).start()  # no TLS at all
+    smtp_sinks.append(sink)
+    plain = make_config(tmp_path, sink, starttls=False)
+    by_name = replace(plain, smtp_host="localhost")  # a name: could be anywhere
+    refused = asyncio.run(Notifier(tmp_path, by_name).send_test())
+    assert refused == [
+        (
+            f"{SMS_TO} via localhost:{sink.port}",
+            f"refusing to send SMTP_PASSWORD to localhost:{sink.port} without TLS: use its TLS "
+            "port (SMTP_PORT = 465, or SMTP_SSL = True)",
+        )
+    ]
+    assert sink.logins == [] and sink.messages == []  # the password never left
+    wanted = replace(by_name, smtp_starttls=True)
+    (said,) = asyncio.run(Notifier(tmp_path, wanted).send_test())
+    assert said[1].endswith(
+        "does not offer STARTTLS: use its TLS port (SMTP_PORT = 465, or "
+        "SMTP_SSL = True for another port)"
+    )
+    assert asyncio.run(Notifier(tmp_path, plain).send_test())[0][1] == "sent"  # 127.0.0.1
+    assert sink.logins == ["ok"]
+
+
+@pytest.mark.timeout(60)
+def test_smtp_ssl_is_implicit_tls_on_any_port(
+    trust: Tls, smtp_sinks: list[SmtpSink], tmp_path: Path
+) -> None:
+    sink = SmtpSink(implicit=trust, auth=True).start()
+    smtp_sinks.append(sink)
+    config = replace(make_config(tmp_path, sink, starttls=False), smtp_ssl=True)
+    assert asyncio.run(Notifier(tmp_path, config).send_test())[0][1] == "sent"
+    assert sink.logins == ["ok"]
+
+
+@pytest.mark.timeout(60)
+def test_a_non_ascii_password_is_a_clear_error(
+    trust: Tls, smtp_sinks: list[SmtpSink], tmp_path: Path
+) -> None:
+    sink = SmtpSink(starttls=trust, auth=True).start()
+    smtp_sinks.append(sink)
+    config = make_config(tmp_path, sink, starttls=True, password="pässwörd")
+    (said,) = asyncio.run(Notifier(tmp_path, config).send_test())
+    assert said[1].startswith("SMTP_USER or SMTP_PASSWORD has characters outside ASCII")
