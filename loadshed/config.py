@@ -37,6 +37,7 @@ KASA_PORT: Final = 9999
 TUYA_PORT: Final = 6668
 EXAMPLE: Final = "config.example.py"
 
+MIN_SECRET_CHARS: Final = 3  # shorter secrets would mask ordinary words in messages
 EXEC_TIMEOUT_S: Final = 5.0  # running config.py: setting values takes milliseconds
 _HOST_RE: Final = re.compile(r"^[A-Za-z0-9_]([A-Za-z0-9._-]*[A-Za-z0-9])?$")
 
@@ -147,9 +148,12 @@ class _Where:
     name: str
     line: int | None
     secret: bool
+    secrets: frozenset[str] = frozenset()  # every secret's text: never echoed, wherever it is
 
     def error(self, found: Any, expected: str, fix: str = "") -> ConfigError:
-        shown = _describe(found, secret=self.secret)
+        text = repr(found)
+        pasted = any(len(sec) >= MIN_SECRET_CHARS and sec in text for sec in self.secrets)
+        shown = _describe(found, secret=self.secret or pasted)
         return ConfigError(
             self.path, self.line, f"{self.name} is {shown}, expected {expected}", fix
         )
@@ -390,7 +394,13 @@ def _shed_below(value: Any, where: _Where) -> dict[str, int]:
 def _urls(value: Any, where: _Where) -> tuple[str, ...]:
     expected = 'a list of Apprise URLs in quotes, like ["ntfys://my-topic"]'
     if not isinstance(value, list | tuple) or not all(isinstance(u, str) for u in value):
-        raise where.error(value if not isinstance(value, list | tuple) else "a list", expected)
+        # By type only: a URL (or a string of one) carries tokens.
+        kind = (
+            "a list with something other than text in it"
+            if isinstance(value, list | tuple)
+            else (f"{type(value).__name__} (value hidden)")
+        )
+        raise ConfigError(where.path, where.line, f"NOTIFY_URLS is {kind}, expected {expected}")
     for url in value:
         if "://" not in url:
             # Never echo the URL: it may carry a token.
@@ -466,9 +476,11 @@ def load_config(path: Path, env: Mapping[str, str] | None = None) -> Config:
         if env.get(ENV_PREFIX + name):
             values[name] = env[ENV_PREFIX + name]
 
+    # A secret pasted into the wrong setting (SMTP_PORT = "<the password>") is never echoed.
+    secrets = frozenset(v for n in SECRETS if isinstance(v := values.get(n), str) and v)
     checked: dict[str, Any] = {}
     for name, var in VARIABLES.items():
-        where = _Where(path, name, lines.get(name), name in SECRETS)
+        where = _Where(path, name, lines.get(name), name in SECRETS, secrets)
         if name not in values:
             checked[name] = var.default
         else:

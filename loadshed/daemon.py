@@ -111,7 +111,12 @@ def run(args: argparse.Namespace, env: Mapping[str, str], out: TextIO) -> int:
     """The daemon until q on its screen, or SIGTERM or SIGINT in plain mode."""
     setup = _setup(args, env)
     config, store = setup.config, setup.store
-    notifier = Notifier(store.dir, config) if store is not None else None
+    notifier = None
+    if store is not None:
+        try:
+            notifier = Notifier(store.dir, config)
+        except LoadshedError as err:  # alerts must never stop shedding
+            _LOG.error("%s: running without alerts", err)
     if notifier is not None:
         channels = ", ".join(notifier.channels) or "none (see README: Alerts)"
         _LOG.info("alerts go to: %s; %d waiting in the outbox", channels, notifier.pending())

@@ -554,7 +554,12 @@ class Outbox:
             _LOG.warning("alert outbox: %s unreadable (%s); starting afresh", DELIVERED_FILE, err)
         letters: list[Letter] = []
         found: list[tuple[int, str, Path]] = []
-        for path in self.directory.iterdir():
+        try:
+            entries = list(self.directory.iterdir())
+        except OSError as err:
+            _LOG.error("alert outbox %s cannot be read (%s): starting empty", self.directory, err)
+            entries = []
+        for path in entries:
             if path.name.endswith(".tmp"):
                 self._unlink(path.name)  # a write that never finished: its letter is intact
             elif match := _LETTER_RE.match(path.name):
@@ -563,7 +568,7 @@ class Outbox:
             self._seq = max(self._seq, seq)
             try:
                 letters.append(_decode_letter(path.name, _read_json(path)))
-            except (OSError, ValueError, KeyError, TypeError) as err:
+            except Exception as err:  # any shape at all: set aside, never a crash at start
                 _LOG.warning("alert outbox: %s cannot be read (%s); set aside as .bad", path, err)
                 with contextlib.suppress(OSError):
                     path.rename(path.with_name(path.name + ".bad"))

@@ -299,3 +299,26 @@ def test_config_type_is_frozen(tmp_path: Path) -> None:
         config.poll_s = 1  # type: ignore[misc]
     assert isinstance(config, Config)
     assert not os.path.exists(tmp_path / "__pycache__")
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        pytest.param(
+            f'SMTP_PASSWORD = "{SECRET}"\nSMTP_PORT = "{SECRET}"\n',
+            "SMTP_PORT is text, expected",
+            id="password-pasted-into-port",
+        ),
+        pytest.param(
+            f'NOTIFY_URLS = "ntfys://{SECRET}@ntfy.sh/topic"\n',
+            "NOTIFY_URLS is str (value hidden), expected",
+            id="urls-as-a-string",
+        ),
+    ],
+)
+def test_a_secret_in_the_wrong_place_is_never_echoed(
+    tmp_path: Path, text: str, expected: str
+) -> None:
+    message = error_of(tmp_path, MINIMAL + text)
+    assert expected in message
+    assert SECRET not in message

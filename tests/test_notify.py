@@ -775,3 +775,22 @@ def test_a_non_ascii_password_is_a_clear_error(
     config = make_config(tmp_path, sink, starttls=True, password="pässwörd")
     (said,) = asyncio.run(Notifier(tmp_path, config).send_test())
     assert said[1].startswith("SMTP_USER or SMTP_PASSWORD has characters outside ASCII")
+
+
+def test_outbox_letters_of_any_wrong_shape_are_set_aside_never_a_crash(tmp_path: Path) -> None:
+    outbox = tmp_path / "outbox"
+    outbox.mkdir(mode=0o700)
+    odd = {
+        "00000001-off_grid.json": "[" * 100_000 + "]" * 100_000,  # nesting too deep
+        "00000002-off_grid.json": "[1, 2, 3]",
+        "00000003-off_grid.json": '{"version": 1, "items": "not a list"}',
+        "00000004-off_grid.json": '{"version": 1, "items": [{"event": 5}]}',
+        "00000005-off_grid.json": "\xff\xfe not utf-8",
+    }
+    for name, text in odd.items():
+        (outbox / name).write_bytes(text.encode("latin-1"))
+    notifier = Notifier(tmp_path, make_config(tmp_path, None, port=2525))
+    assert notifier.pending() == 0
+    assert sorted(p.name for p in outbox.iterdir() if p.name.endswith(".bad")) == [
+        f"{name}.bad" for name in sorted(odd)
+    ]

@@ -324,3 +324,20 @@ def test_a_state_dir_deleted_under_the_daemon_is_made_again_and_still_locked(
     second = start()
     assert second.process.wait(30) == 1
     assert "another loadshed is running" in second.output
+
+
+def test_an_outbox_that_cannot_be_used_never_stops_the_shedding(
+    house: SimHouse, start: Start, config: Path, tmp_path: Path
+) -> None:
+    config.write_text(
+        config.read_text() + "MAILNOTIF = 'owner@example.com'\nSMTP_HOST = '127.0.0.1'\n"
+        "SMTP_PORT = 9\nSMTP_STARTTLS = False\n"
+    )
+    state_dir = tmp_path / "state"
+    state_dir.mkdir(mode=0o700)
+    (state_dir / "outbox").write_text("a file where the outbox dir should be")
+    daemon = start()
+    daemon.wait_for_line("running without alerts")
+    daemon.wait_for_line("ready:")
+    house.cut_grid()
+    wait_until("shed all the same", all_off(house, SHEDDABLE))
