@@ -46,6 +46,7 @@ DEFAULT_COMMANDS: Final[dict[Kind, tuple[str, ...]]] = {
 
 _USER_RE: Final = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._-]*$")
 _HOST_RE: Final = re.compile(r"^[A-Za-z0-9_]([A-Za-z0-9._-]*[A-Za-z0-9_])?$")
+_SCOPE_RE: Final = re.compile(r"^[A-Za-z0-9_.-]+$")
 _MAC_RE: Final = re.compile(r"^[0-9A-Fa-f]{2}([:-]?)[0-9A-Fa-f]{2}(\1[0-9A-Fa-f]{2}){4}$")
 
 
@@ -183,6 +184,9 @@ def _split_target(word: str, fail: Callable[..., ConfigError]) -> tuple[str | No
 def _is_host(host: str) -> bool:
     if _HOST_RE.match(host):
         return True
+    scope = host.partition("%")[2]
+    if scope and not _SCOPE_RE.match(scope):
+        return False  # an IPv6 scope id is an interface name: nothing for a shell or ssh
     try:
         ipaddress.IPv6Address(host)
     except ValueError:

@@ -546,6 +546,13 @@ def _assignment_lines(source: str, path: Path) -> dict[str, int]:
     """Map each top-level name to the line of its last assignment; SyntaxError → ConfigError."""
     try:
         tree = ast.parse(source, filename=str(path))
+    except (RecursionError, MemoryError):
+        raise ConfigError(
+            path,
+            None,
+            "an expression nested too deep for Python to read",
+            "config.py may only set values: simple strings, numbers, lists and dicts",
+        ) from None
     except SyntaxError as err:
         raise ConfigError(
             path,
@@ -570,7 +577,12 @@ def _assignment_lines(source: str, path: Path) -> dict[str, int]:
 def _execute(source: str, path: Path) -> dict[str, Any]:
     """Run config.py in a fresh namespace, bounded by EXEC_TIMEOUT_S. Compiled in memory: no
     bytecode file is written. A config that exits, raises or blocks is a ConfigError."""
-    code = compile(source, str(path), "exec", dont_inherit=True)
+    try:
+        code = compile(source, str(path), "exec", dont_inherit=True)
+    except (RecursionError, MemoryError, SyntaxError, ValueError):
+        raise ConfigError(
+            path, None, "Python cannot compile it", "config.py may only set simple values"
+        ) from None
     namespace: dict[str, Any] = {"__file__": str(path), "__name__": "__loadshed_config__"}
     failure: list[BaseException] = []
 
