@@ -60,6 +60,16 @@ def wait_until(what: str, done: Callable[[], bool]) -> None:
         time.sleep(0.05)
 
 
+async def restored(engine: Engine, house: SimHouse, polls: int = 20) -> None:
+    """Poll (as the engine's loop would) until the grid-back restore has brought the heater
+    back, or polls ran out (the caller's assertion then says what did not happen)."""
+    for _ in range(polls):
+        await engine.poll()
+        await engine.settle()
+        if house.is_on("Space heater"):
+            return
+
+
 def break_disk(store: StateStore) -> None:
     """Every write of state.json fails from now on, as on a full disk or an SD card gone
     read-only: its temporary file's path is a directory (as root, chmod would not stop us)."""
@@ -124,11 +134,7 @@ def test_a_retry_cancelled_by_the_grid_keeps_a_switch_whose_reply_was_lost(
         await engine.settle()
         assert "Space heater" in engine.state.shed
         house.restore_grid()
-        for _ in range(20):
-            await engine.poll()
-            await engine.settle()
-            if house.is_on("Space heater"):
-                break
+        await restored(engine, house)
         await engine.close()
 
     asyncio.run(scenario())
@@ -229,11 +235,7 @@ def test_a_plug_switched_off_by_hand_just_before_the_outage_stays_off_after_it(
         said.extend(engine.snapshot.events)
         assert not house.is_on("Space heater")  # the others were shed as usual
         house.restore_grid()
-        for _ in range(10):
-            await engine.poll()
-            await engine.settle()
-            if house.is_on("Space heater"):
-                break
+        await restored(engine, house)
         await engine.close()
 
     asyncio.run(scenario())
