@@ -159,7 +159,7 @@ def _check(args: argparse.Namespace, env: Mapping[str, str], out: TextIO, err: T
     from loadshed.check import format_table, run_check
     from loadshed.computers import check_power_rules, load_computers
     from loadshed.config import load_config
-    from loadshed.logs import redact_secrets
+    from loadshed.logs import redact, redact_secrets
     from loadshed.notify import waiting
     from loadshed.state import default_state_dir
     from loadshed.trust import TRUST_FILE, Trust
@@ -175,14 +175,15 @@ def _check(args: argparse.Namespace, env: Mapping[str, str], out: TextIO, err: T
         if old is not None:
             print(f"forgot the Powerwall's old certificate (SHA-256 {old})", file=out)
     report = asyncio.run(run_check(config, computers, computers_path, trust=trust))
-    print(format_table(report.rows), file=out)
+    # The table goes through the same redaction as the log: a device may echo a secret.
+    print(redact(format_table(report.rows)), file=out)
     for warning in report.warnings:
-        print(f"warning: {warning}", file=out)
+        print(redact(f"warning: {warning}"), file=out)
     outbox = waiting(config.state_dir or default_state_dir())
     if outbox:
         print(f"alerts: {outbox} waiting in the outbox (loadshed run sends them)", file=out)
     for problem in report.problems:
-        print(f"problem: {problem}", file=out)
+        print(redact(f"problem: {problem}"), file=out)
     unreachable = [r.name for r in report.rows if not (r.reachable and r.outcome.is_ok)]
     if unreachable:
         print(

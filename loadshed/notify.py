@@ -71,6 +71,9 @@ OUTBOX_DIR: Final = "outbox"
 DELIVERED_FILE: Final = "delivered.json"
 _LETTER_RE: Final = re.compile(r"^(\d{8,})-([a-z_]+)\.json$")
 _SUMMARY_SLUG: Final = "summary"
+_CREDENTIAL_HEADER_RE: Final = re.compile(
+    r"(?i)key|token|auth|secret|pass|sign|cookie|session|credential"
+)
 _MIN_SECRET_LEN: Final = 3  # as loadshed.logs: shorter pieces would mask ordinary words
 
 SMTP_IMPLICIT_TLS_PORT: Final = 465  # SMTPS: TLS from the first byte (RFC 8314)
@@ -963,6 +966,13 @@ def url_secrets(url: str, privacy_url: str) -> list[str]:
         return {unquote(p) for p in re.split(r"[/:@?&=#,;]+", text) if p}
 
     hidden = pieces(url) - pieces(privacy_url)
+    # Apprise leaves header values (`+X-Api-Key=...`) unmasked in its privacy form: those whose
+    # name says credential are hidden here.
+    query = url.partition("?")[2].partition("#")[0]
+    for pair in query.split("&"):
+        key, sep, value = pair.partition("=")
+        if sep and key.startswith("+") and value and _CREDENTIAL_HEADER_RE.search(key):
+            hidden.add(unquote(value))
     return [url, *sorted(p for p in hidden if len(p) >= _MIN_SECRET_LEN)]
 
 

@@ -285,3 +285,14 @@ def test_check_pins_the_powerwall_certificate_and_trust_powerwall_accepts_a_new_
     )
     assert accepted.code == 0, accepted.out + accepted.err
     assert "forgot the Powerwall's old certificate" in accepted.out
+
+
+def test_check_s_table_goes_through_the_same_redaction_as_the_log(
+    house: SimHouse, config: Path, tmp_path: Path
+) -> None:
+    """A device that echoes a secret (here a Tuya plug named with the Powerwall password, as a
+    careless copy-paste would) never shows it in the table."""
+    config.write_text(config.read_text().replace("'Aquarium'", repr(house.password)))
+    result = run_loadshed("check", "--config", str(config), cwd=tmp_path)
+    assert house.password not in result.out + result.err
+    assert "***" in result.out

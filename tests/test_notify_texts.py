@@ -259,3 +259,9 @@ def test_a_channel_removed_from_config_no_longer_holds_letters(tmp_path: Path) -
     box.taken("smtp", letter)
     assert len(Outbox(tmp_path, ["smtp"])) == 0
     assert not list(tmp_path.glob("0*.json"))
+
+
+def test_apprise_header_values_are_secrets_too() -> None:
+    url = "json://127.0.0.1:8000/?+X-Api-Key=K3yK3yK3y&+Authorization=Bearer%20T0k&+Accept=json"
+    privacy = url  # Apprise's privacy form keeps headers verbatim
+    assert url_secrets(url, privacy) == [url, "Bearer T0k", "K3yK3yK3y"]
