@@ -30,7 +30,7 @@ def _entry(**changes: Any) -> dict[str, Any]:
     """One shed entry as this loadshed writes it."""
     entry: dict[str, Any] = {
         "kind": "kasa",
-        "address": "192.168.1.20",
+        "address": "192.0.2.20",
         "reason": "off-grid",
         "at": 1_795_999_000.0,
         "prior": "on",
@@ -50,7 +50,7 @@ def _doc(**changes: Any) -> dict[str, Any]:
         "hold": True,
         "paused": False,
         "pins": {"Heater": "off"},
-        "shed": {"NAS plug": _entry(), "TV": _entry(address="192.168.1.21")},
+        "shed": {"NAS plug": _entry(), "TV": _entry(address="192.0.2.21")},
     }
     doc.update(changes)
     return doc
@@ -67,7 +67,7 @@ def _text(doc: dict[str, Any], **raw: str) -> str:
 NAS = ShedEntry(
     name="NAS plug",
     kind=Kind.KASA,
-    address="192.168.1.20",
+    address="192.0.2.20",
     reason="off-grid",
     at=1_795_999_000.0,
     prior=Power.ON,
@@ -78,7 +78,7 @@ NAS = ShedEntry(
 TV = ShedEntry(
     name="TV",
     kind=Kind.KASA,
-    address="192.168.1.21",
+    address="192.0.2.21",
     reason="off-grid",
     at=1_795_999_000.0,
     prior=Power.ON,
@@ -257,7 +257,7 @@ def _cases() -> list[Any]:
         ),
         pytest.param(
             Damage(
-                WHOLE[: WHOLE.index(b'"192.168.1.21"')],
+                WHOLE[: WHOLE.index(b'"192.0.2.21"')],
                 "not JSON: Expecting value at line",
                 told="It recorded NAS plug, TV and perhaps more that could not be read",
                 **one_bad,

@@ -43,7 +43,6 @@ class Route:
     host: str  # ssh -G's `hostname`: an address, or a name for the resolver
     port: int
     via: str = ""  # "ProxyJump gw" / "ProxyCommand": ssh goes another way; no direct probe
-    note: str = ""  # why this is a guess: `ssh -G` could not say
 
     @property
     def address(self) -> str:
@@ -160,7 +159,7 @@ def parse_config_dump(text: str, fallback: Route) -> Route:
 
 def _guess(route: Route, why: str) -> Route:
     _LOG.warning("cannot ask ssh where %s is (%s): probing it as written", route.host, why)
-    return Route(route.host, route.port, note=why)
+    return route
 
 
 def _user_config() -> Path:

@@ -1,4 +1,4 @@
-"""Shut computers down over the system's OpenSSH client; watch their port go quiet and come back.
+"""Shut computers down over the system's OpenSSH client (their going down is computer.py's).
 
 Owns: the `ssh` argument list, the remote command line (built once, quoted for the remote
 shell), running a command bounded in time (`run_bounded`, shared with the Windows driver), and
@@ -198,7 +198,8 @@ async def shutdown(computer: Computer, *, ssh_config: Path | None, timeout_s: fl
     """Run the computer's shutdown command over ssh. Never raises.
 
     OK means the command was accepted (it exited 0, or the host dropped the connection after
-    the login, as a host going down does); whether it is down is for `wait_down` to see.
+    the login, as a host going down does); whether it is down is for
+    `ComputerSwitch.wait_down` to see.
     """
     if not computer.uses_ssh:
         return Outcome.failed(f"{computer.name} is not shut down over SSH (add via=ssh)")
