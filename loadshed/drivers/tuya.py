@@ -13,7 +13,10 @@ reads twice, so a plug that accepts and never answers costs two socket timeouts:
 timeout is half of timeout_s, and the worker thread ends about when the caller gives up. A plug
 must therefore answer each request within timeout_s / 2. A refused connection costs nothing
 (connection_retry_delay=0; tinytuya's default makes it 20 s). A plug runs one call at a time,
-so a hung plug holds one thread, its own; outlets of one device take turns on its connection.
+so a hung plug holds one thread, its own. Outlets of one device take turns on its connection;
+an outlet's timeout_s starts when it gets the device, its wait for the device is bounded by its
+siblings' budgets, and when the device has just failed to answer one outlet the outlets waiting
+behind it are answered "unreachable" at once.
 
 Errors (tinytuya returns dicts, never raises): 901/902/905 unreachable; 900/904 wrong key or
 protocol version; 914 a key that is not 16 characters or, on 3.4, a failed key exchange — which
@@ -26,9 +29,11 @@ import asyncio
 import concurrent.futures
 import contextlib
 import logging
+import math
 import socket
 import threading
 import time
+import weakref
 from collections.abc import Callable, Mapping
 from types import TracebackType
 from typing import Any, Final
@@ -53,18 +58,38 @@ LIBRARY_LOG_LEVEL: Final = logging.INFO  # tinytuya's DEBUG lines print local an
 KEY_HINT: Final = "wrong local key or protocol version (check key and version in TUYA_DEVICES)"
 KEY_LENGTH: Final = "local key must be 16 characters"
 REFUSED: Final = "connection refused (is it powered and on the network?)"
+SIBLING_SILENT: Final = "no answer: its device did not answer another outlet just now"
 
 # Keep tinytuya's DEBUG output (keys, session keys, raw payloads) out of every log.
 logging.getLogger("tinytuya").setLevel(LIBRARY_LOG_LEVEL)
 
-_ENDPOINT_LOCKS: dict[str, threading.Lock] = {}
-_ENDPOINT_LOCKS_GUARD = threading.Lock()
+
+class _Endpoint:
+    """What one device's outlets share: its connection, taken in turn, and its last silence.
+
+    Plugs allow few connections at a time, so outlets of one device take turns. Each outlet's
+    budget starts when it gets the device, not while it waits behind its siblings; and when the
+    device has just failed to answer one outlet, the outlets that were waiting behind it are told
+    at once instead of each waiting out its own timeout on a device that is not answering.
+    """
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.outlets: weakref.WeakSet[TuyaPlug] = weakref.WeakSet()
+        self.silent_at = -math.inf  # monotonic time the device last failed to answer
+
+    def queue_bound_s(self, timeout_s: float) -> float:
+        """The longest an outlet waits for the device: one budget per sibling ahead of it."""
+        return timeout_s * max(1, len(self.outlets) - 1)
 
 
-def _endpoint_lock(address: str) -> threading.Lock:
-    """Return the lock one device's outlets share: plugs allow few connections at a time."""
-    with _ENDPOINT_LOCKS_GUARD:
-        return _ENDPOINT_LOCKS.setdefault(address, threading.Lock())
+_ENDPOINTS: dict[str, _Endpoint] = {}
+_ENDPOINTS_GUARD = threading.Lock()
+
+
+def _endpoint(address: str) -> _Endpoint:
+    with _ENDPOINTS_GUARD:
+        return _ENDPOINTS.setdefault(address, _Endpoint())
 
 
 class TuyaPool:
@@ -125,7 +150,8 @@ class TuyaPlug:
         self._dp = str(dps)
         self._socket_timeout_s = timeout_s * SOCKET_SHARE
         self._executor = executor
-        self._lock = _endpoint_lock(self.address)
+        self._endpoint = _endpoint(self.address)
+        self._endpoint.outlets.add(self)
         self._device: Any = None  # tinytuya.OutletDevice, built in the worker on first use
         self._inflight: concurrent.futures.Future[Outcome] | None = None
 
@@ -160,22 +186,42 @@ class TuyaPlug:
         problem = self._config_problem()
         if problem is not None:
             return Outcome.failed(problem)
-        deadline = time.monotonic() + self.timeout_s
+        loop = asyncio.get_running_loop()
+        got_device: asyncio.Future[None] = loop.create_future()
+        queued: _Turn | None = None
         try:
             async with asyncio.timeout(self.timeout_s):
                 await self._wait_idle()
-                future = self._executor.submit(self._exclusive, work, deadline)
-                self._inflight = future
-                return await asyncio.wrap_future(future)
+            # queued only now: this outlet's own previous call is not a sibling's silence
+            queued = _Turn(loop, got_device, self._endpoint.queue_bound_s(self.timeout_s))
+            future = self._executor.submit(self._exclusive, work, queued)
+            self._inflight = future
+            result = asyncio.wrap_future(future)
+            try:
+                async with asyncio.timeout(queued.bound_s):
+                    waiting: list[asyncio.Future[Any]] = [got_device, result]
+                    await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
+            except TimeoutError:
+                queued.given_up.set()
+                return Outcome.unreachable(f"busy with its other outlets for {queued.bound_s:g} s")
+            async with asyncio.timeout(self.timeout_s):  # starts when it has the device
+                outcome = await result
         except TimeoutError:
+            if (
+                queued is not None and queued.had_device
+            ):  # before the abort lets the next outlet take the device
+                self._endpoint.silent_at = time.monotonic()
             self._abort()
             return Outcome.unreachable(f"no answer in {self.timeout_s:g} s")
         except asyncio.CancelledError:
+            if queued is not None:
+                queued.given_up.set()
             self._abort()
             raise
         except Exception as err:
             _LOG.warning("%s: Tuya %s failed unexpectedly", self.name, what, exc_info=True)
             return Outcome.failed(f"unexpected {type(err).__name__} during {what}: {err}")
+        return outcome
 
     def _config_problem(self) -> str | None:
         """Say what is wrong with the plug's settings before anything reaches the network."""
@@ -207,16 +253,23 @@ class TuyaPlug:
 
     # -- worker thread side ------------------------------------------------------------------
 
-    def _exclusive(self, work: Callable[[Any], Outcome], deadline: float) -> Outcome:
+    def _exclusive(self, work: Callable[[Any], Outcome], turn: _Turn) -> Outcome:
         """Take the device's connection in turn with its other outlets, then run work."""
-        if not self._lock.acquire(timeout=max(0.0, deadline - time.monotonic())):
-            return Outcome.unreachable(f"busy with another call for {self.timeout_s:g} s")
+        lock = self._endpoint.lock
+        if not lock.acquire(timeout=turn.bound_s):
+            return Outcome.unreachable(f"busy with its other outlets for {turn.bound_s:g} s")
         try:
-            if time.monotonic() >= deadline:
-                return Outcome.unreachable(f"no answer in {self.timeout_s:g} s")  # given up
-            return work(self._device_now())
+            if turn.given_up.is_set():
+                return Outcome.unreachable(f"busy with its other outlets for {turn.bound_s:g} s")
+            if self._endpoint.silent_at > turn.queued_at:
+                return Outcome.unreachable(SIBLING_SILENT)
+            turn.start()
+            outcome = work(self._device_now())
+            if outcome.status is Status.UNREACHABLE:
+                self._endpoint.silent_at = time.monotonic()
+            return outcome
         finally:
-            self._lock.release()
+            lock.release()
 
     def _device_now(self) -> Any:
         if self._device is None:
@@ -288,6 +341,31 @@ class TuyaPlug:
         if code in ("900", "904", "914"):
             return Outcome.failed(KEY_HINT)
         return Outcome.failed(f"tinytuya error {code}: {reply.get('Error')}")
+
+
+class _Turn:
+    """One call's place in its device's queue, seen from both the event loop and the worker."""
+
+    def __init__(
+        self, loop: asyncio.AbstractEventLoop, got_device: asyncio.Future[None], bound_s: float
+    ) -> None:
+        self.queued_at = time.monotonic()
+        self.bound_s = bound_s
+        self.given_up = threading.Event()  # the caller stopped waiting for the device
+        self.had_device = False
+        self._loop = loop
+        self._got_device = got_device
+
+    def start(self) -> None:
+        """The worker has the device: the call's own budget starts now (worker thread)."""
+        self.had_device = True
+        with contextlib.suppress(RuntimeError):  # the loop is gone: nobody is waiting
+            self._loop.call_soon_threadsafe(_settle, self._got_device)
+
+
+def _settle(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
 
 
 def _watts(dps: Mapping[str, object]) -> float | None:

@@ -349,3 +349,47 @@ def test_closed_pool_fails_instead_of_raising(make_sim: SimFactory) -> None:
 
     assert outcome.status is Status.FAILED
     assert "RuntimeError" in outcome.detail
+
+
+# --- multi-outlet devices: outlets take turns, each with its own budget -----------------------
+
+SIX_OUTLETS = 6
+SLOW_ANSWER_S = 0.2  # each of the strip's answers: an outlet's call fits its budget easily
+STRIP_TIMEOUT_S = 1.0  # but six outlets in a row do not fit one
+
+
+def test_slow_strip_switches_every_outlet_when_all_are_asked_at_once(
+    sim_loop: LoopThread, make_sim: SimFactory, make_plug: PlugFactory
+) -> None:
+    outlets = [Outlet(f"Outlet {n}", 10.0 * n) for n in range(1, SIX_OUTLETS + 1)]
+    sim = make_sim(outlets)
+    set_fault(sim_loop, sim, Fault.SLOW, slow_s=SLOW_ANSWER_S)
+    plugs = [make_plug(sim, dps=n, timeout_s=STRIP_TIMEOUT_S) for n in range(1, SIX_OUTLETS + 1)]
+
+    async def all_off() -> list[Outcome]:
+        return list(await asyncio.gather(*(plug.off() for plug in plugs)))
+
+    assert timed(all_off(), "slow 6-outlet strip, all off") == [Outcome.ok(Power.OFF)] * SIX_OUTLETS
+    assert [outlet.on for outlet in outlets] == [False] * SIX_OUTLETS
+
+
+@pytest.mark.timeout(20)
+def test_hung_strip_fails_its_waiting_outlets_with_the_first(
+    sim_loop: LoopThread, make_sim: SimFactory, make_plug: PlugFactory
+) -> None:
+    outlets = [Outlet(f"Outlet {n}", 10.0 * n) for n in range(1, SIX_OUTLETS + 1)]
+    sim = make_sim(outlets)
+    set_fault(sim_loop, sim, Fault.HUNG)
+    plugs = [make_plug(sim, dps=n, timeout_s=FAULT_TIMEOUT_S) for n in range(1, SIX_OUTLETS + 1)]
+
+    async def all_off() -> tuple[list[Outcome], float]:
+        started = time.monotonic()
+        outcomes = list(await asyncio.gather(*(plug.off() for plug in plugs)))
+        return outcomes, time.monotonic() - started
+
+    outcomes, took_s = timed(all_off(), "hung 6-outlet strip, all off")
+    assert {outcome.status for outcome in outcomes} == {Status.UNREACHABLE}
+    assert [outlet.on for outlet in outlets] == [True] * SIX_OUTLETS
+    # the outlets behind the first are told at once, not after a timeout each
+    assert sum(1 for outcome in outcomes if "another outlet" in outcome.detail) == SIX_OUTLETS - 1
+    assert took_s < SIX_OUTLETS * FAULT_TIMEOUT_S
