@@ -50,7 +50,9 @@ class HostPort:
     port: int | None = None
 
     def __str__(self) -> str:
-        return f"{self.host}:{self.port}" if self.port is not None else self.host
+        """The address as a URL writes it: an IPv6 host in brackets, with or without a port."""
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{host}:{self.port}" if self.port is not None else host
 
 
 @dataclass(frozen=True, slots=True)
@@ -232,7 +234,11 @@ def parse_host_port(text: str, default_port: int | None = None) -> HostPort:
     """Split "host", "host:port" or "[v6]:port"; raise ValueError with a reason."""
     host, port_text = text.strip(), ""
     if host.startswith("["):
-        inside, _, rest = host[1:].partition("]")
+        inside, closed, rest = host[1:].partition("]")
+        if not closed or (rest and not rest.startswith(":")):
+            raise ValueError("an IPv6 address is written [address] or [address]:port")
+        if ":" not in inside:
+            raise ValueError("only an IPv6 address goes in brackets")
         host, port_text = inside, rest.removeprefix(":")
     elif host.count(":") == 1:
         host, port_text = host.split(":")
@@ -244,7 +250,7 @@ def parse_host_port(text: str, default_port: int | None = None) -> HostPort:
         raise ValueError(f"{host!r} is not a host name or IP address")
     if not port_text:
         return HostPort(host, default_port)
-    if not port_text.isdigit() or not 1 <= int(port_text) <= 65535:
+    if not (port_text.isascii() and port_text.isdigit()) or not 1 <= int(port_text) <= 65535:
         raise ValueError(f"port {port_text!r} is not a number from 1 to 65535")
     return HostPort(host, int(port_text))
 

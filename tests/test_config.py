@@ -133,6 +133,31 @@ def test_unknown_name_is_an_error_with_the_closest_name(
 
 
 @pytest.mark.parametrize(
+    ("written", "address"),
+    [
+        ("fd00::5", "[fd00::5]"),
+        ("[fd00::5]", "[fd00::5]"),
+        ("[fd00::5]:8443", "[fd00::5]:8443"),
+        ("fe80::1%eth0", "[fe80::1%eth0]"),
+        ("192.0.2.50:8443", "192.0.2.50:8443"),
+    ],
+)
+def test_an_ipv6_gateway_address_is_written_as_a_url_needs_it(
+    tmp_path: Path, written: str, address: str
+) -> None:
+    """The driver hands str(config.powerwall) to the library as https://<it>/api."""
+    config = load_config(write(tmp_path, f'PWIPNAME = "{written}"\nPWPASS = "x"\n'), {})
+    assert str(config.powerwall) == address
+
+
+@pytest.mark.parametrize("written", ["[fd00::5", "fd00::zz", "[fd00::5]:port", "fd00::5:8443:"])
+def test_a_broken_ipv6_gateway_address_is_a_clear_error(tmp_path: Path, written: str) -> None:
+    message = error_of(tmp_path, f'PWIPNAME = "{written}"\nPWPASS = "x"\n')
+    assert ":1: PWIPNAME is" in message
+    assert "a host or host:port" in message
+
+
+@pytest.mark.parametrize(
     ("line", "expected"),
     [
         pytest.param("POLL_SECONDS = 'fast'", "POLL_SECONDS is 'fast'", id="poll-text"),

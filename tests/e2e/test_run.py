@@ -341,3 +341,18 @@ def test_an_outbox_that_cannot_be_used_never_stops_the_shedding(
     daemon.wait_for_line("ready:")
     house.cut_grid()
     wait_until("shed all the same", all_off(house, SHEDDABLE))
+
+
+def test_an_ipv6_powerwall_address_is_watched(house: SimHouse, start: Start, config: Path) -> None:
+    """PWIPNAME in IPv6 form. The address is 127.0.0.1 written as IPv6 (IPv4-mapped), so the
+    gateway is reached over an IPv6 socket and the test still never leaves 127.0.0.0/8."""
+    port = house.powerwall.address.rpartition(":")[2]
+    address = f"[::ffff:127.0.0.1]:{port}"
+    text = config.read_text().replace(repr(house.powerwall.address), repr(address))
+    config.write_text(text)
+    daemon = start()
+    house.cut_grid()
+    wait_until("the outage shed", all_off(house, SHEDDABLE))
+    assert daemon.saw("[::ffff:127.0.0.1]")
+    house.restore_grid()
+    wait_until("the grid-back restore", all_on(house, SHEDDABLE))
