@@ -36,8 +36,8 @@ def wait_until(what: str, check: Callable[[], bool], timeout_s: float = WAIT_S) 
 class Loadshed:
     """`python -m loadshed ...` as a child process, its output collected line by line."""
 
-    def __init__(self, args: list[str], cwd: Path) -> None:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("LOADSHED_")}
+    def __init__(self, args: list[str], cwd: Path, env: dict[str, str] | None = None) -> None:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("LOADSHED_")} | (env or {})
         self.process = subprocess.Popen(
             [sys.executable, "-m", "loadshed", *args],
             cwd=cwd,
@@ -96,11 +96,11 @@ def start(config: Path, tmp_path: Path) -> Iterator[Callable[..., Loadshed]]:
     """Start `loadshed run --no-ui` (or another verb) against the house; stopped afterwards."""
     started: list[Loadshed] = []
 
-    def _start(*extra: str, verb: str = "run") -> Loadshed:
+    def _start(*extra: str, verb: str = "run", env: dict[str, str] | None = None) -> Loadshed:
         args = [verb, "--config", str(config), "--state-dir", str(tmp_path / "state")]
         if verb == "run":
             args.append("--no-ui")
-        process = Loadshed([*args, *extra], tmp_path)
+        process = Loadshed([*args, *extra], tmp_path, env)
         started.append(process)
         return process
 
