@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import Enum
+from typing import Final
 
 
 class Grid(Enum):
@@ -71,14 +72,19 @@ class Outcome:
         return self.status is Status.OK
 
 
+POWERWALL: Final = "Powerwall"  # the primary grid source's name
+CANARY: Final = "canary"  # GRID_CANARY plugs on circuits the Powerwall does not back up
+UPS: Final = "UPS"  # a UPS read through NUT
+
+
 @dataclass(frozen=True, slots=True)
 class GridReading:
-    """One poll of the Powerwall.
+    """One poll of a grid source: the Powerwall (primary), the canary plugs or a UPS.
 
-    `raw` is the gateway's own grid_status string ("SystemIslandedActive"), or "" when it could
-    not be read; `detail` then says why, in words the owner understands, and `status` whether
-    the gateway answered and refused (FAILED: wrong password, 429, 502) or gave no answer
-    (UNREACHABLE).
+    `raw` is the source's own words for the grid ("SystemIslandedActive", "OB"), or "" when it
+    could not be read; `detail` then says why, in words the owner understands, and `status`
+    whether the source answered and refused (FAILED: wrong password, 429, 502) or gave no
+    answer (UNREACHABLE).
     """
 
     grid: Grid
@@ -88,6 +94,7 @@ class GridReading:
     solar_w: float | None = None
     detail: str = ""
     status: Status = Status.OK
+    source: str = POWERWALL  # which source read it: the Powerwall, a canary plug, a UPS
 
 
 class Pin(Enum):

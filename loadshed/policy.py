@@ -30,6 +30,16 @@ Rule 9: a plug that feeds computers (`feeds`) is switched off only once every on
         down: its shutdown confirmed (seen silent, or its bounded wait over), or seen off
         without one. Never while one is switching or booting, pinned "keep on", failed its
         shutdown, or was never sent one. Until then the plug is `held`, and says why.
+Rule 10: the Powerwall is the primary grid source; canary plugs and a UPS are secondary ones.
+        The first reading given is the primary's. When the sources agree (or the others cannot
+        tell), the Powerwall decides as above. When a secondary that can tell disagrees with a
+        Powerwall that can, nothing changes for `disagree_wait_s`, then the Powerwall's word
+        counts (so a shed waits `disagree_wait_s` + `outage_confirm_s`), and the decision says
+        who says what. When the Powerwall cannot be read, the secondaries decide only if every
+        one that can tell agrees: off grid once they have said so for `secondary_confirm_s`
+        (then `outage_confirm_s` as usual), on grid counted from when they first saw it (so a
+        restore needs them to have seen the grid back for the whole `restore_after_s`). A
+        secondary's own battery is never the Powerwall's: battery tiers wait for the Powerwall.
 """
 
 from __future__ import annotations
@@ -45,6 +55,8 @@ ESSENTIAL: Final = 0
 AT_OUTAGE: Final = 100
 TIER_HYSTERESIS_PCT: Final = 10  # a tier device comes back only this far above its threshold
 UNKNOWN_POLLS: Final = 3  # unreadable this many polls in a row: tell the owner
+DISAGREE_WAIT_S: Final = 60.0  # sources disagree: the Powerwall's word counts only after this
+SECONDARY_CONFIRM_S: Final = 30.0  # the Powerwall unreadable: a secondary alone sheds after this
 
 OFF_GRID: Final = "off-grid"
 FORCED: Final = "forced"
@@ -59,6 +71,8 @@ class Rules:
     poll_s: float = 2.0
     outage_confirm_s: float = 0.0
     restore_after_s: float = 60.0
+    disagree_wait_s: float = DISAGREE_WAIT_S
+    secondary_confirm_s: float = SECONDARY_CONFIRM_S
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,8 +102,11 @@ class Memory:
     """What the policy carries from one call to the next. Start with `Memory()`.
 
     `grid` and `since` are the last known grid state and when it began (the caller's clock);
-    `unknown_since` is when the Powerwall became unreadable. `hold` and `paused` come from
-    forced commands and outlive restarts (the engine persists them).
+    `unknown_since` is when the grid became unknown (every source unreadable or undecided),
+    `primary_unknown_since` when the Powerwall became unreadable. `sources` holds each source's
+    last reading and when it began; `disagree_since` when the sources began to disagree.
+    `hold` and `paused` come from forced commands and outlive restarts (the engine persists
+    them).
     """
 
     grid: Grid = Grid.UNKNOWN
@@ -98,6 +115,9 @@ class Memory:
     outage: bool = False  # an outage was confirmed and the grid has not been back for long
     hold: bool = False
     paused: bool = False
+    primary_unknown_since: float | None = None
+    sources: tuple[tuple[str, Grid, float], ...] = ()  # (source, its reading, since when)
+    disagree_since: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,21 +129,120 @@ class Decision:
     unknown_for_s: float = 0.0  # how long the Powerwall has been unreadable
     changed: Grid | None = None  # the grid changed to this (not on the first reading)
     held: tuple[tuple[str, str], ...] = ()  # plugs kept on for their computers, and why
+    reading: GridReading | None = None  # what the decision went by (Rule 10), None: unknown
+    disagreement: str = ""  # the sources disagree: who says what (Rule 10)
+    disagree_until: float | None = None  # when the Powerwall's word counts again
 
 
 def decide(
-    reading: GridReading,
+    readings: GridReading | Sequence[GridReading],
     now: float,
     memory: Memory,
     shed: Mapping[str, ShedView],
     devices: Sequence[DeviceView],
     rules: Rules,
 ) -> Decision:
-    """Return the actions to take now, with reasons, and the memory to pass next time."""
-    decision = _decide(reading, now, memory, shed, devices, rules)
-    if reading.grid is not Grid.UNKNOWN:
-        decision = _unpinned(decision, reading, shed, devices)
+    """Return the actions to take now, with reasons, and the memory to pass next time.
+
+    `readings`: the Powerwall's reading, or the Powerwall's then the secondary sources' (Rule
+    10)."""
+    primary, others = _split(readings)
+    memory = _track(primary, others, now, memory)
+    agreed = _agree(primary, others, now, memory, rules)
+    memory = agreed.memory
+    if agreed.waiting:
+        decision = Decision((), memory)
+    else:
+        decision = _decide(agreed.reading, now, memory, shed, devices, rules, agreed.since)
+        if agreed.reading.grid is not Grid.UNKNOWN:
+            decision = _unpinned(decision, agreed.reading, shed, devices)
+    primary_unknown = decision.memory.primary_unknown_since
+    decision = replace(
+        decision,
+        reading=agreed.reading if agreed.reading.grid is not Grid.UNKNOWN else None,
+        disagreement=agreed.disagreement,
+        disagree_until=agreed.until,
+        unknown_for_s=now - primary_unknown if primary_unknown is not None else 0.0,
+    )
     return _hold_plugs(_with_pins(decision, shed, devices), shed, devices)
+
+
+@dataclass(frozen=True, slots=True)
+class _Agreed:
+    """What the sources add up to (Rule 10)."""
+
+    reading: GridReading  # the reading to decide by
+    memory: Memory
+    since: float | None = None  # when its grid state began, if not now
+    waiting: bool = False  # the sources disagree: keep what is
+    disagreement: str = ""
+    until: float | None = None
+
+
+def _split(readings: GridReading | Sequence[GridReading]) -> tuple[GridReading, list[GridReading]]:
+    if isinstance(readings, GridReading):
+        return readings, []
+    primary, *others = readings
+    return primary, others
+
+
+def _track(
+    primary: GridReading, others: Sequence[GridReading], now: float, memory: Memory
+) -> Memory:
+    """Note since when each source has said what it says now."""
+    before = {name: (grid, since) for name, grid, since in memory.sources}
+    sources = []
+    for reading in others:
+        grid, since = before.get(reading.source, (None, now))
+        sources.append((reading.source, reading.grid, since if grid is reading.grid else now))
+    primary_unknown = None
+    if primary.grid is Grid.UNKNOWN:
+        primary_unknown = memory.primary_unknown_since
+        primary_unknown = now if primary_unknown is None else primary_unknown
+    return replace(memory, sources=tuple(sources), primary_unknown_since=primary_unknown)
+
+
+def _agree(
+    primary: GridReading,
+    others: Sequence[GridReading],
+    now: float,
+    memory: Memory,
+    rules: Rules,
+) -> _Agreed:
+    """Rule 10: the reading to decide by, from the Powerwall's and the secondaries'."""
+    telling = [r for r in others if r.grid is not Grid.UNKNOWN]
+    if primary.grid is not Grid.UNKNOWN:
+        against = [r for r in telling if r.grid is not primary.grid]
+        if not against:
+            return _Agreed(primary, replace(memory, disagree_since=None))
+        started = memory.disagree_since if memory.disagree_since is not None else now
+        memory = replace(memory, disagree_since=started)
+        says = ", ".join(f"{r.source} says {_words(r.grid)}" for r in against)
+        disagreement = f"{primary.source} says {_words(primary.grid)}, {says}"
+        until = started + rules.disagree_wait_s
+        waiting = now < until
+        return _Agreed(primary, memory, None, waiting, disagreement, until)
+    memory = replace(memory, disagree_since=None)
+    grids = {r.grid for r in telling}
+    if len(grids) != 1:
+        return _Agreed(primary, memory)  # none can tell, or they disagree among themselves
+    (grid,) = grids
+    since_of = {name: since for name, _, since in memory.sources}
+    since = max(since_of.get(r.source, now) for r in telling)
+    names = " and ".join(r.source for r in telling)
+    raw = "; ".join(f"{r.source}: {r.raw}" for r in telling)
+    secondary = GridReading(grid, raw=raw, detail=f"the Powerwall cannot be read; {names} decide")
+    secondary = replace(secondary, source=names)
+    if grid is Grid.OFF:
+        confirmed_at = since + rules.secondary_confirm_s
+        if now < confirmed_at:
+            return _Agreed(primary, memory)
+        return _Agreed(secondary, memory, confirmed_at)
+    return _Agreed(secondary, memory, since)
+
+
+def _words(grid: Grid) -> str:
+    return {Grid.ON: "on grid", Grid.OFF: "off grid"}.get(grid, "unknown")
 
 
 def _unpinned(
@@ -229,17 +348,19 @@ def _decide(
     shed: Mapping[str, ShedView],
     devices: Sequence[DeviceView],
     rules: Rules,
+    began: float | None = None,
 ) -> Decision:
     if reading.grid is Grid.UNKNOWN:
         unknown_since = memory.unknown_since if memory.unknown_since is not None else now
         memory = replace(memory, unknown_since=unknown_since)
-        return Decision((), memory, unknown_for_s=now - unknown_since)
+        return Decision((), memory)
 
     changed = None
     if reading.grid is not memory.grid:
         if memory.grid is not Grid.UNKNOWN:
             changed = reading.grid
-        memory = replace(memory, grid=reading.grid, since=now, unknown_since=None)
+        since_then = began if began is not None else now
+        memory = replace(memory, grid=reading.grid, since=since_then, unknown_since=None)
     elif (
         reading.grid is Grid.ON
         and memory.unknown_since is not None
@@ -335,12 +456,15 @@ def _on_grid(
     return Decision(actions, replace(memory, outage=False), changed=changed)
 
 
-def observe(reading: GridReading, now: float, memory: Memory) -> Memory:
+def observe(readings: GridReading | Sequence[GridReading], now: float, memory: Memory) -> Memory:
     """Take in a reading without acting on it (loadshed's first, at start): so the next
-    reading that differs is a change, and says so."""
-    if reading.grid is Grid.UNKNOWN or reading.grid is memory.grid:
+    reading that differs is a change, and says so. Only the Powerwall's sets the grid."""
+    primary, others = _split(readings)
+    sources = _track(primary, others, now, memory).sources
+    memory = replace(memory, sources=sources) if sources != memory.sources else memory
+    if primary.grid is Grid.UNKNOWN or primary.grid is memory.grid:
         return memory
-    return replace(memory, grid=reading.grid, since=now, unknown_since=None)
+    return replace(memory, grid=primary.grid, since=now, unknown_since=None)
 
 
 def force_shed(

@@ -453,3 +453,118 @@ def test_after_a_blind_spot_longer_than_the_delay_the_restore_clock_starts_again
     short = decide(reading(Grid.UNKNOWN, None), 110, short.memory, shed, DEVICES, RULES)
     short = decide(reading(Grid.ON), 130, short.memory, shed, DEVICES, RULES)  # blind 20 s
     assert short.restore_at == 160
+
+
+# --- Rule 10: more than one grid source -------------------------------------------------------
+
+SOURCES_RULES = Rules(
+    outage_confirm_s=5, restore_after_s=60, disagree_wait_s=60, secondary_confirm_s=30
+)
+PW_UNREADABLE = GridReading(Grid.UNKNOWN, detail="login rejected")
+
+
+def canary(grid: Grid) -> GridReading:
+    return GridReading(grid, raw="silent" if grid is Grid.OFF else "answering", source="canary")
+
+
+def ups(grid: Grid) -> GridReading:
+    return GridReading(grid, raw="OB" if grid is Grid.OFF else "OL", source="UPS", battery_pct=3.0)
+
+
+def run_sources(
+    steps: list[tuple[float, list[GridReading]]],
+    memory: Memory | None = None,
+    shed: Mapping[str, ShedView] | None = None,
+    rules: Rules = SOURCES_RULES,
+) -> list[tuple[float, set[str], set[str], str]]:
+    """Feed readings at times; say (time, shed, restored, disagreement) after each."""
+    memory = memory or on_grid_memory()
+    shed = dict(shed or {})
+    seen = []
+    for now, readings in steps:
+        decision = decide(readings, now, memory, shed, DEVICES, rules)
+        memory = decision.memory
+        off, back = names(decision.actions, Verb.SHED), names(decision.actions, Verb.RESTORE)
+        shed |= {name: ShedView("x") for name in off}
+        for name in back:
+            shed.pop(name, None)
+        seen.append((now, off, back, decision.disagreement))
+    return seen
+
+
+def test_sources_that_agree_act_as_the_powerwall_alone() -> None:
+    alone = run_sources([(10, [reading(Grid.OFF)]), (15, [reading(Grid.OFF)])])
+    both = run_sources(
+        [(10, [reading(Grid.OFF), canary(Grid.OFF)]), (15, [reading(Grid.OFF), canary(Grid.OFF)])]
+    )
+    assert [(t, off) for t, off, _, _ in both] == [(t, off) for t, off, _, _ in alone]
+    assert both[-1][1] == {"Heater", "TV"}
+
+
+def test_a_secondary_that_cannot_tell_changes_nothing() -> None:
+    steps = [
+        (10, [reading(Grid.OFF), canary(Grid.UNKNOWN)]),
+        (15, [reading(Grid.OFF), canary(Grid.UNKNOWN)]),
+    ]
+    assert run_sources(steps)[-1][1] == {"Heater", "TV"}
+
+
+def test_disagreeing_sources_wait_the_named_extra_then_the_powerwall_counts() -> None:
+    steps = [(t, [reading(Grid.OFF), canary(Grid.ON)]) for t in (10, 40, 69, 70, 74, 75)]
+    seen = run_sources(steps)
+    assert all(s[3] == "Powerwall says off grid, canary says on grid" for s in seen)
+    shed_at = [t for t, off, _, _ in seen if off]
+    assert shed_at == [75]  # 10 + disagree_wait_s 60 + outage_confirm_s 5
+
+
+def test_a_disagreement_while_on_grid_does_not_restore_early_or_shed() -> None:
+    shed = {"Heater": ShedView("off-grid")}
+    memory = Memory(grid=Grid.OFF, since=0, outage=True)
+    steps = [(t, [reading(Grid.ON), canary(Grid.OFF)]) for t in (100, 159, 160, 219, 220)]
+    seen = run_sources(steps, memory, shed)
+    assert not any(off for _, off, _, _ in seen)
+    assert [t for t, _, back, _ in seen if back] == [220]  # 100 + 60 wait + 60 restore delay
+
+
+def test_powerwall_unreadable_a_secondary_alone_sheds_after_its_longer_confirm() -> None:
+    steps = [(t, [PW_UNREADABLE, canary(Grid.OFF)]) for t in (10, 39, 40, 44, 45)]
+    seen = run_sources(steps)
+    assert [t for t, off, _, _ in seen if off] == [45]  # 10 + 30 secondary confirm + 5
+
+
+def test_powerwall_unreadable_a_secondary_restores_only_after_the_whole_delay() -> None:
+    shed = {"Heater": ShedView("off-grid"), "TV": ShedView("off-grid")}
+    memory = Memory(grid=Grid.OFF, since=0, outage=True)
+    steps = [(t, [PW_UNREADABLE, canary(Grid.ON)]) for t in (100, 130, 159, 160)]
+    seen = run_sources(steps, memory, shed)
+    assert [t for t, _, back, _ in seen if back] == [160]
+
+
+def test_a_secondary_blip_restarts_its_clock() -> None:
+    steps = [
+        (10, [PW_UNREADABLE, canary(Grid.OFF)]),
+        (30, [PW_UNREADABLE, canary(Grid.UNKNOWN)]),  # the canary's network blinked
+        (31, [PW_UNREADABLE, canary(Grid.OFF)]),
+        (45, [PW_UNREADABLE, canary(Grid.OFF)]),
+        (66, [PW_UNREADABLE, canary(Grid.OFF)]),
+    ]
+    assert [t for t, off, _, _ in run_sources(steps) if off] == [66]  # 31 + 30 + 5
+
+
+def test_secondaries_that_disagree_among_themselves_decide_nothing() -> None:
+    steps = [(t, [PW_UNREADABLE, canary(Grid.OFF), ups(Grid.ON)]) for t in (10, 100, 500)]
+    assert not any(off or back for _, off, back, _ in run_sources(steps))
+
+
+def test_a_ups_battery_is_never_taken_for_the_powerwall_charge() -> None:
+    steps = [(t, [PW_UNREADABLE, ups(Grid.OFF)]) for t in (10, 45)]
+    seen = run_sources(steps)
+    assert seen[-1][1] == {"Heater", "TV"}  # the Freezer's 30 % tier waits for the Powerwall
+
+
+def test_the_powerwall_unreadable_is_counted_even_when_a_secondary_decides() -> None:
+    memory = on_grid_memory()
+    first = decide([PW_UNREADABLE, canary(Grid.ON)], 100, memory, {}, DEVICES, SOURCES_RULES)
+    later = decide([PW_UNREADABLE, canary(Grid.ON)], 107, first.memory, {}, DEVICES, SOURCES_RULES)
+    assert later.unknown_for_s == 7
+    assert later.reading is not None and later.reading.source == "canary"
