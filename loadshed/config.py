@@ -28,8 +28,18 @@ from typing import Any, Final
 from loadshed.errors import ConfigError
 
 SECRETS: Final = frozenset(
-    {"PWPASS", "SMTP_PASSWORD", "KASA_PASSWORD", "TUYAAPISECRET", "WINDOWS_PASSWORD"}
+    {
+        "PWPASS",
+        "PW_GATEWAY_PASSWORD",
+        "SMTP_PASSWORD",
+        "KASA_PASSWORD",
+        "TUYAAPISECRET",
+        "WINDOWS_PASSWORD",
+        "NUT_PASSWORD",
+    }
 )
+POWERWALL_APIS: Final = ("legacy", "tedapi", "v1r")
+NUT_PORT: Final = 3493
 ENV_PREFIX: Final = "LOADSHED_"
 TUYA_REGIONS: Final = ("us", "us-e", "eu", "eu-w", "in", "sg", "cn", "az", "ue", "we")
 TUYA_VERSIONS: Final = (3.1, 3.2, 3.3, 3.4, 3.5)
@@ -69,6 +79,18 @@ class TuyaDevice:
 
 
 @dataclass(frozen=True, slots=True)
+class NutTarget:
+    """NUT_UPS: a UPS by its name on a NUT server."""
+
+    ups: str
+    host: str
+    port: int = NUT_PORT
+
+    def __str__(self) -> str:
+        return f"{self.ups}@{HostPort(self.host, self.port)}"
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     """Everything config.py says, typed, with the defaults of DESIGN §4."""
 
@@ -99,6 +121,13 @@ class Config:
     mail_from: str = ""
     notify_urls: tuple[str, ...] = field(default=(), repr=False)  # URLs may carry tokens
     windows_password: str = field(default="", repr=False)
+    powerwall_api: str = "legacy"  # legacy (tesla_powerwall), tedapi or v1r (pypowerwall)
+    gateway_password: str = field(default="", repr=False)  # TEDAPI: the QR sticker's password
+    rsa_key: Path | None = None  # v1r: the RSA key registered with the gateway
+    grid_canary: tuple[str, ...] = ()  # plugs on circuits the Powerwall does not back up
+    nut_ups: NutTarget | None = None
+    nut_user: str = ""
+    nut_password: str = field(default="", repr=False)
     ssh_config: Path | None = None
     state_dir: Path | None = None
     warnings: tuple[str, ...] = ()  # things worth fixing that do not stop loadshed
@@ -111,6 +140,8 @@ class Config:
             self.tuya_api_secret,
             self.smtp_password,
             self.windows_password,
+            self.gateway_password,
+            self.nut_password,
             *(d.key for d in self.tuya_devices),
         )
         return tuple(v for v in values if v)
@@ -228,6 +259,46 @@ def _region(value: Any, where: _Where) -> str:
         # tinytuya silently falls back to China for a region it does not know.
         raise where.error(value, "one of " + ", ".join(TUYA_REGIONS))
     return text
+
+
+def _api(value: Any, where: _Where) -> str:
+    text = _text(value, where).lower()
+    if text not in POWERWALL_APIS:
+        raise where.error(value, 'one of "legacy", "tedapi" or "v1r"')
+    return text
+
+
+def _names(value: Any, where: _Where) -> tuple[str, ...]:
+    expected = 'a list of device names in quotes, like ["Garage canary"]'
+    if not isinstance(value, list | tuple):
+        raise where.error(value, expected)
+    names = []
+    for item in value:
+        if not isinstance(item, str) or not item.strip():
+            raise where.error(item, expected)
+        names.append(item.strip())
+    return tuple(names)
+
+
+def parse_nut_ups(text: str) -> NutTarget:
+    """Split "ups@host", "ups@host:port" or "ups@[v6]:port"; raise ValueError with a reason."""
+    ups, at, address = text.strip().partition("@")
+    if not at or not ups or not address:
+        raise ValueError("written ups@host or ups@host:port, the UPS's name as upsc shows it")
+    if not _HOST_RE.match(ups):
+        raise ValueError(f"{ups!r} is not a UPS name")
+    where = parse_host_port(address, NUT_PORT)
+    return NutTarget(ups, where.host, where.port or NUT_PORT)
+
+
+def _nut_ups(value: Any, where: _Where) -> NutTarget | None:
+    text = _text(value, where)
+    if not text:
+        return None
+    try:
+        return parse_nut_ups(text)
+    except ValueError as err:
+        raise where.error(value, f'"ups@host" or "ups@host:port" ({err})') from err
 
 
 def parse_host_port(text: str, default_port: int | None = None) -> HostPort:
@@ -422,7 +493,7 @@ def _urls(value: Any, where: _Where) -> tuple[str, ...]:
 VARIABLES: Final[dict[str, _Var]] = {
     # the seed's names first
     "PWIPNAME": _Var(_address, None, "the gateway's address, host or host:port", required=True),
-    "PWPASS": _Var(_text, "", "the Powerwall customer password", required=True),
+    "PWPASS": _Var(_text, "", "the Powerwall customer password"),
     "PWEMAIL": _Var(_text, "", "text"),
     "MAILNOTIF": _Var(_text, "", "an email or SMS-by-email address"),
     "TUYAAPIREGION": _Var(_region, "us", "a Tuya region"),
@@ -448,6 +519,13 @@ VARIABLES: Final[dict[str, _Var]] = {
     "MAIL_FROM": _Var(_text, "", "text"),
     "NOTIFY_URLS": _Var(_urls, (), ""),
     "WINDOWS_PASSWORD": _Var(_text, "", "text"),
+    "POWERWALL_API": _Var(_api, "legacy", ""),
+    "PW_GATEWAY_PASSWORD": _Var(_text, "", "text"),
+    "PW_RSA_KEY": _Var(_path, None, ""),
+    "GRID_CANARY": _Var(_names, (), ""),
+    "NUT_UPS": _Var(_nut_ups, None, ""),
+    "NUT_USER": _Var(_text, "", "text"),
+    "NUT_PASSWORD": _Var(_text, "", "text"),
     "SSH_CONFIG": _Var(_path, None, ""),
     "STATE_DIR": _Var(_path, None, ""),
 }
@@ -456,6 +534,15 @@ _FIX: Final = {
     "PWIPNAME": 'set PWIPNAME = "192.168.1.50" (the Powerwall gateway\'s address on your network)',
     "PWPASS": "set PWPASS in config.py or the LOADSHED_PWPASS environment variable "
     "(the customer password you log in to the gateway with)",
+    "PW_GATEWAY_PASSWORD": "POWERWALL_API = \"tedapi\" needs PW_GATEWAY_PASSWORD (or "
+    "LOADSHED_PW_GATEWAY_PASSWORD): the password on the gateway's QR sticker",
+    "PW_RSA_KEY": 'POWERWALL_API = "v1r" needs PW_RSA_KEY: the path of the RSA key you '
+    "registered with the gateway",
+}
+_NEEDED_BY_API: Final = {
+    "legacy": ("PWPASS",),
+    "tedapi": ("PW_GATEWAY_PASSWORD",),
+    "v1r": ("PW_RSA_KEY",),
 }
 
 
@@ -493,6 +580,10 @@ def load_config(path: Path, env: Mapping[str, str] | None = None) -> Config:
             checked[name] = var.check(values[name], where)
         if var.required and not checked[name]:
             raise ConfigError(path, lines.get(name), f"{name} is not set", _FIX[name])
+    for name in _NEEDED_BY_API[checked["POWERWALL_API"]]:
+        if not checked[name]:
+            line = lines.get(name, lines.get("POWERWALL_API"))
+            raise ConfigError(path, line, f"{name} is not set", _FIX[name])
 
     return Config(
         path=path,
@@ -522,6 +613,13 @@ def load_config(path: Path, env: Mapping[str, str] | None = None) -> Config:
         mail_from=checked["MAIL_FROM"],
         notify_urls=checked["NOTIFY_URLS"],
         windows_password=checked["WINDOWS_PASSWORD"],
+        powerwall_api=checked["POWERWALL_API"],
+        gateway_password=checked["PW_GATEWAY_PASSWORD"],
+        rsa_key=checked["PW_RSA_KEY"],
+        grid_canary=checked["GRID_CANARY"],
+        nut_ups=checked["NUT_UPS"],
+        nut_user=checked["NUT_USER"],
+        nut_password=checked["NUT_PASSWORD"],
         ssh_config=checked["SSH_CONFIG"],
         state_dir=checked["STATE_DIR"],
         warnings=_permission_warnings(path),

@@ -347,3 +347,56 @@ def test_a_secret_in_the_wrong_place_is_never_echoed(
     message = error_of(tmp_path, MINIMAL + text)
     assert expected in message
     assert SECRET not in message
+
+
+# --- grid sources: Powerwall APIs, canaries, a UPS ---------------------------------------------
+
+
+def test_tedapi_needs_the_gateway_password_not_the_customer_one(tmp_path: Path) -> None:
+    text = 'PWIPNAME = "192.168.91.1"\nPOWERWALL_API = "tedapi"\n'
+    message = error_of(tmp_path, text)
+    assert ":2: PW_GATEWAY_PASSWORD is not set" in message
+    assert "QR sticker" in message
+    config = load_config(write(tmp_path, text), {"LOADSHED_PW_GATEWAY_PASSWORD": SECRET})
+    assert (config.powerwall_api, config.gateway_password) == ("tedapi", SECRET)
+    assert SECRET in config.secrets() and SECRET not in repr(config)
+
+
+def test_v1r_needs_the_rsa_key(tmp_path: Path) -> None:
+    message = error_of(tmp_path, 'PWIPNAME = "192.168.91.1"\nPOWERWALL_API = "v1r"\n')
+    assert "PW_RSA_KEY is not set" in message
+    assert "registered with the gateway" in message
+
+
+def test_an_unknown_powerwall_api_names_the_choices(tmp_path: Path) -> None:
+    message = error_of(tmp_path, MINIMAL + 'POWERWALL_API = "cloud"\n')
+    assert ":3: POWERWALL_API is 'cloud'" in message
+    assert '"legacy", "tedapi" or "v1r"' in message
+
+
+def test_canaries_and_a_ups_are_read(tmp_path: Path) -> None:
+    text = MINIMAL + (
+        'GRID_CANARY = ["Garage canary", " Shed light "]\nNUT_UPS = "ups@127.0.0.1:3494"\n'
+        f'NUT_USER = "monitor"\nNUT_PASSWORD = "{SECRET}"\n'
+    )
+    config = load_config(write(tmp_path, text), {})
+    assert config.grid_canary == ("Garage canary", "Shed light")
+    assert config.nut_ups is not None and str(config.nut_ups) == "ups@127.0.0.1:3494"
+    assert config.nut_ups.port == 3494 and config.nut_user == "monitor"
+    assert SECRET in config.secrets()
+
+
+@pytest.mark.parametrize(
+    ("line", "expected"),
+    [
+        ('NUT_UPS = "127.0.0.1"', "written ups@host"),
+        ('NUT_UPS = "ups@"', "written ups@host"),
+        ('NUT_UPS = "ups@host:70000"', "port '70000'"),
+        ('NUT_UPS = "u ps@host"', "not a UPS name"),
+        ('GRID_CANARY = "Garage canary"', "a list of device names"),
+        ("GRID_CANARY = [3]", "a list of device names"),
+    ],
+)
+def test_a_wrong_source_setting_is_a_clear_error(tmp_path: Path, line: str, expected: str) -> None:
+    message = error_of(tmp_path, MINIMAL + line + "\n")
+    assert ":3: " in message and expected in message
