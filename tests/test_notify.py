@@ -463,8 +463,9 @@ def test_smtp_down_through_the_outage_then_every_text_once_in_order_and_marked_l
     monkeypatch: pytest.MonkeyPatch,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    monkeypatch.setattr(notify, "RETRY_FIRST_S", 0.05)  # the real backoff, shortened
-    monkeypatch.setattr(notify, "RETRY_MAX_S", 0.2)
+    # the real backoff, shortened (patched where it is read: loadshed.notify.notifier)
+    monkeypatch.setattr("loadshed.notify.notifier.RETRY_FIRST_S", 0.05)
+    monkeypatch.setattr("loadshed.notify.notifier.RETRY_MAX_S", 0.2)
     caplog.set_level(logging.INFO, logger="loadshed.notify")
     sink = SmtpSink()  # its port reserved, nothing listening yet
     smtp_sinks.append(sink)
@@ -701,7 +702,7 @@ def test_notify_test_reports_each_channel_in_its_own_words(
 def test_a_hung_receiver_costs_one_deadline_and_is_not_piled_on(
     receiver: Receiver, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(notify, "SEND_DEADLINE_S", 0.3)
+    monkeypatch.setattr("loadshed.notify.notifier.SEND_DEADLINE_S", 0.3)
     receiver.hang = True
     notifier = Notifier(tmp_path, make_config(tmp_path, urls=(receiver.url + "?rto=20&cto=20",)))
     name = notifier.channels[0]

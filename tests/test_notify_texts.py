@@ -209,8 +209,8 @@ def test_outbox_collapses_the_oldest_into_one_summary(tmp_path: Path) -> None:
 def test_a_long_summary_counts_what_it_no_longer_keeps(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(notify, "MAX_WAITING", 3)
-    monkeypatch.setattr(notify, "SUMMARY_ITEMS_MAX", 4)
+    monkeypatch.setattr("loadshed.notify.outbox.MAX_WAITING", 3)
+    monkeypatch.setattr("loadshed.notify.outbox.SUMMARY_ITEMS_MAX", 4)
     box = Outbox(tmp_path, ["smtp"])
     for n in range(12):
         box.add(event(EventKind.POWERWALL_LOST, n))
