@@ -196,7 +196,7 @@ class PowerwallSim(SimDevice):
         self._password = password
         self.responses_dir = responses_dir
         self._clock = clock
-        self.ssl_context, self.cert_pem = _self_signed_context(self.host)
+        self.ssl_context, self.cert_pem = self_signed_context(self.host)
         # Powerwall-specific switches: see the module docstring.
         self.expire_after_calls: int | None = None  # a session serves this many reads, then 401
         self.expire_after_s: float | None = None  # a session lives this long (by `clock`)
@@ -260,7 +260,7 @@ class PowerwallSim(SimDevice):
             raise
         self.port = runner.addresses[0][1]
         _LOG.debug("Simulated Powerwall listening on https://%s", self.endpoint)
-        return _RunnerCloser(runner)
+        return RunnerCloser(runner)
 
     async def _handle(self, request: web.Request) -> web.StreamResponse:
         path = request.path.removeprefix("/api/")
@@ -437,7 +437,7 @@ class PowerwallSim(SimDevice):
         return copy.deepcopy(self._files[name])
 
 
-class _RunnerCloser:
+class RunnerCloser:
     """Stop an aiohttp runner: the listener, then every connection (a gateway switched off)."""
 
     def __init__(self, runner: web.AppRunner) -> None:
@@ -480,7 +480,7 @@ def _now_iso() -> str:
     return dt.datetime.now(dt.UTC).astimezone().isoformat()
 
 
-def _self_signed_context(host: str) -> tuple[ssl.SSLContext, bytes]:
+def self_signed_context(host: str) -> tuple[ssl.SSLContext, bytes]:
     """Make a key and a self-signed certificate for host; return a server context and the PEM."""
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "loadshed simulated Powerwall")])
