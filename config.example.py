@@ -4,8 +4,9 @@
 #
 # config.py is Python and holds passwords: only its owner should read or write it.
 # Every secret may instead come from the environment, which wins:
-#     LOADSHED_PWPASS, LOADSHED_SMTP_PASSWORD, LOADSHED_KASA_PASSWORD,
-#     LOADSHED_TUYAAPISECRET, LOADSHED_WINDOWS_PASSWORD
+#     LOADSHED_PWPASS, LOADSHED_PW_GATEWAY_PASSWORD, LOADSHED_SMTP_PASSWORD,
+#     LOADSHED_KASA_PASSWORD, LOADSHED_TUYAAPISECRET, LOADSHED_WINDOWS_PASSWORD,
+#     LOADSHED_NUT_PASSWORD
 # Check it with:  loadshed check
 
 # --- The Powerwall ---------------------------------------------------------------------------
@@ -13,6 +14,20 @@ PWIPNAME = "192.168.1.50"           # the gateway's address on your LAN: host or
 PWPASS = "change-me"                # the customer password (the one you set on the gateway; recent
                                     # firmware refuses the default "last 5 of the serial")
 PWEMAIL = ""                        # optional: sent with the login, as the gateway's web page does
+
+# How to read the gateway (README "Which Powerwall API"): "legacy" (the customer login above),
+# "tedapi" (Powerwall 3 or a refused local login: PWIPNAME = "192.168.91.1" on the gateway's
+# own Wi-Fi, and the password on its QR sticker) or "v1r" (Powerwall 3 on your LAN, with an RSA
+# key you registered with it).
+POWERWALL_API = "legacy"
+PW_GATEWAY_PASSWORD = ""            # tedapi: the gateway's QR-sticker password
+PW_RSA_KEY = ""                     # v1r: path of the registered RSA key
+
+# --- A second opinion on the grid (optional; README "A second opinion on the grid") -----------
+GRID_CANARY = []                    # plugs on circuits the Powerwall does NOT back up
+NUT_UPS = ""                        # "ups@host" or "ups@host:port": a UPS on a NUT server
+NUT_USER = ""
+NUT_PASSWORD = ""
 
 # --- Who to tell -----------------------------------------------------------------------------
 MAILNOTIF = "5551234567@vtext.com"  # SMS-by-email or any email address; see README "Alerts":
@@ -28,6 +43,8 @@ TUYAAPIDEVICEID = ""                # the id of any one of your devices
 POLL_SECONDS = 2                    # how often to read the Powerwall (2)
 OUTAGE_CONFIRM_SECONDS = 0          # off-grid this long before shedding (0: at once)
 RESTORE_AFTER_SECONDS = 60          # grid back and stable this long before restoring (60)
+SOURCES_DISAGREE_SECONDS = 60       # sources disagree: act on the Powerwall only after this more
+SECONDARY_CONFIRM_SECONDS = 30      # Powerwall unreadable: a canary or UPS alone sheds after this
 
 # --- TP-Link Kasa plugs and strips -------------------------------------------------------------
 KASA_HOSTS = ["192.168.1.20", "192.168.1.21:9999"]  # host or host:port (9999); each strip

@@ -8,20 +8,20 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Final
 
+from loadshed import sources
+from loadshed.canary import CanarySource, verdict
 from loadshed.computers import Computer
 from loadshed.config import Config, describe_rule
 from loadshed.devices import DEVICE_TIMEOUT_S, PLUG_KINDS, Device, Registry
 from loadshed.drivers.computer import ComputerSwitch
-from loadshed.drivers.powerwall import PowerwallSource
 from loadshed.errors import ConfigError
 from loadshed.model import Grid, GridReading, Kind, Outcome, Power, Status
 from loadshed.trust import Trust
 
-POWERWALL_TIMEOUT_S: Final = 5.0  # the gateway is slower than a plug, and matters more
 HEADERS: Final = ("name", "kind", "address", "reachable", "state", "rule")
 
 
@@ -66,21 +66,19 @@ async def run_check(
     registry = Registry(
         config, computers, computers_path=computers_path, timeout_s=DEVICE_TIMEOUT_S
     )
-    powerwall = PowerwallSource(
-        str(config.powerwall),
-        config.powerwall_password,
-        config.powerwall_email,
-        timeout_s=POWERWALL_TIMEOUT_S,
-        trust=trust,
-    )
+    powerwall = sources.primary(config, trust)
+    others = [s for s in sources.secondaries(config, registry) if not isinstance(s, CanarySource)]
     try:
-        grid_row, computer_rows, _ = await asyncio.gather(
-            _powerwall_row(powerwall, str(config.powerwall), trust),
+        grid_row, computer_rows, other_rows, _ = await asyncio.gather(
+            _powerwall_row(powerwall, config, trust),
             asyncio.gather(*(_computer_row(registry.devices[c.name], c) for c in computers)),
+            asyncio.gather(*(_source_row(s) for s in others)),
             _reach_plugs(registry),
         )
+        if config.grid_canary:
+            other_rows = [_canary_row(CanarySource(config.grid_canary, registry)), *other_rows]
     finally:
-        await asyncio.gather(powerwall.close(), registry.close())
+        await asyncio.gather(powerwall.close(), registry.close(), *(s.close() for s in others))
     error = registry.link_error()
     if error is not None:
         raise error
@@ -96,6 +94,7 @@ async def run_check(
     plugs = [d for d in registry.devices.values() if d.switch.kind in PLUG_KINDS]
     rows = (
         grid_row,
+        *other_rows,
         *(_switch_row(d) for d in plugs),
         *(
             Row(
@@ -127,26 +126,59 @@ async def _reach_plugs(registry: Registry) -> None:
     await registry.read([n for n, d in registry.devices.items() if d.switch.kind in PLUG_KINDS])
 
 
-async def _powerwall_row(source: PowerwallSource, address: str, trust: Trust | None) -> Row:
+API_NAMES: Final = {"legacy": "legacy API", "tedapi": "TEDAPI", "v1r": "TEDAPI v1r"}
+
+
+async def _powerwall_row(source: sources.GridSource, config: Config, trust: Trust | None) -> Row:
+    address = str(config.powerwall)
     reading = await source.read()
-    if reading.status is not Status.OK:
-        outcome = Outcome(reading.status, detail=reading.detail)
-    elif reading.grid is Grid.UNKNOWN:
-        # It answered, with a state loadshed will not act on: the owner must know.
-        outcome = Outcome.failed(reading.detail or f"unknown grid state {reading.raw}")
-    else:
-        outcome = Outcome.ok(None)
+    outcome = _reading_outcome(reading)
     state = _grid_state(reading) if reading.status is Status.OK else ""
     pinned = trust.pinned(address) if trust is not None else None
-    if pinned is not None and reading.status is Status.OK:
+    if pinned is not None and reading.status is Status.OK and config.powerwall_api == "legacy":
         state += f", certificate SHA-256 {pinned[:23]}…"
-    return Row("Powerwall", Kind.POWERWALL, address, outcome, state, "")
+    api = API_NAMES[config.powerwall_api]  # which API it used, with what the gateway said
+    if outcome.is_ok:
+        state = f"{state}, {api}"
+    else:
+        outcome = replace(outcome, detail=f"{api}: {outcome.detail}")
+    return Row("Powerwall", Kind.POWERWALL, address, outcome, state, "primary")
+
+
+def _reading_outcome(reading: GridReading) -> Outcome:
+    if reading.status is not Status.OK:
+        return Outcome(reading.status, detail=reading.detail)
+    if reading.grid is Grid.UNKNOWN:
+        # It answered, with a state loadshed will not act on: the owner must know.
+        return Outcome.failed(reading.detail or f"unknown grid state {reading.raw}")
+    return Outcome.ok(None)
+
+
+async def _source_row(source: sources.GridSource) -> Row:
+    """A secondary source that reads on its own (a UPS through NUT)."""
+    reading = await source.read()
+    state = _grid_state(reading) if reading.status is Status.OK else ""
+    return Row(
+        reading.source, Kind.UPS, source.endpoint, _reading_outcome(reading), state, "second"
+    )
+
+
+def _canary_row(canary: CanarySource) -> Row:
+    """The canaries' verdict from the plugs just read (the canary plugs have rows of their own)."""
+    reading = verdict(canary.canaries(), canary.witnesses())
+    if reading.grid is Grid.UNKNOWN:
+        outcome = Outcome(Status.FAILED, detail=reading.detail or "cannot tell")
+    else:
+        outcome = Outcome.ok(None)
+    state = f"{reading.grid.value} ({reading.raw})" if reading.grid is not Grid.UNKNOWN else ""
+    return Row("canary", Kind.CANARY, canary.endpoint, outcome, state, "second")
 
 
 def _grid_state(reading: GridReading) -> str:
     if reading.grid is Grid.UNKNOWN and not reading.raw:
         return "unknown"
-    parts = [reading.grid.value if reading.grid is not Grid.UNKNOWN else f"unknown ({reading.raw})"]
+    grid = reading.grid.value if reading.grid is not Grid.UNKNOWN else "unknown"
+    parts = [f"{grid} ({reading.raw})" if reading.raw else grid]
     if reading.battery_pct is not None:
         parts.append(f"battery {reading.battery_pct:.0f} %")
     if reading.load_w is not None:

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from loadshed.errors import ConfigError
+from loadshed.policy import DISAGREE_WAIT_S, SECONDARY_CONFIRM_S
 
 SECRETS: Final = frozenset(
     {
@@ -125,6 +126,8 @@ class Config:
     gateway_password: str = field(default="", repr=False)  # TEDAPI: the QR sticker's password
     rsa_key: Path | None = None  # v1r: the RSA key registered with the gateway
     grid_canary: tuple[str, ...] = ()  # plugs on circuits the Powerwall does not back up
+    disagree_wait_s: float = DISAGREE_WAIT_S  # sources disagree: the Powerwall counts after
+    secondary_confirm_s: float = SECONDARY_CONFIRM_S  # Powerwall unreadable: a secondary sheds
     nut_ups: NutTarget | None = None
     nut_user: str = ""
     nut_password: str = field(default="", repr=False)
@@ -147,7 +150,10 @@ class Config:
         return tuple(v for v in values if v)
 
     def rule_for(self, name: str) -> int:
-        """The SHED_BELOW percentage that applies to the device called name."""
+        """The SHED_BELOW percentage that applies to the device called name (a canary plug is
+        never switched: essential, whatever SHED_BELOW says)."""
+        if name in self.grid_canary:
+            return 0
         return self.shed_below.get(name, self.default_shed_below)
 
 
@@ -313,6 +319,8 @@ def parse_host_port(text: str, default_port: int | None = None) -> HostPort:
         host, port_text = inside, rest.removeprefix(":")
     elif host.count(":") == 1:
         host, port_text = host.split(":")
+        if not port_text:
+            raise ValueError("a ':' with no port after it")
     if not host:
         raise ValueError("no host")
     if ":" in host:
@@ -523,6 +531,10 @@ VARIABLES: Final[dict[str, _Var]] = {
     "PW_GATEWAY_PASSWORD": _Var(_text, "", "text"),
     "PW_RSA_KEY": _Var(_path, None, ""),
     "GRID_CANARY": _Var(_names, (), ""),
+    "SOURCES_DISAGREE_SECONDS": _Var(_number(0, 86400, "a number of seconds"), DISAGREE_WAIT_S, ""),
+    "SECONDARY_CONFIRM_SECONDS": _Var(
+        _number(0, 86400, "a number of seconds"), SECONDARY_CONFIRM_S, ""
+    ),
     "NUT_UPS": _Var(_nut_ups, None, ""),
     "NUT_USER": _Var(_text, "", "text"),
     "NUT_PASSWORD": _Var(_text, "", "text"),
@@ -534,7 +546,7 @@ _FIX: Final = {
     "PWIPNAME": 'set PWIPNAME = "192.168.1.50" (the Powerwall gateway\'s address on your network)',
     "PWPASS": "set PWPASS in config.py or the LOADSHED_PWPASS environment variable "
     "(the customer password you log in to the gateway with)",
-    "PW_GATEWAY_PASSWORD": "POWERWALL_API = \"tedapi\" needs PW_GATEWAY_PASSWORD (or "
+    "PW_GATEWAY_PASSWORD": 'POWERWALL_API = "tedapi" needs PW_GATEWAY_PASSWORD (or '
     "LOADSHED_PW_GATEWAY_PASSWORD): the password on the gateway's QR sticker",
     "PW_RSA_KEY": 'POWERWALL_API = "v1r" needs PW_RSA_KEY: the path of the RSA key you '
     "registered with the gateway",
@@ -617,6 +629,8 @@ def load_config(path: Path, env: Mapping[str, str] | None = None) -> Config:
         gateway_password=checked["PW_GATEWAY_PASSWORD"],
         rsa_key=checked["PW_RSA_KEY"],
         grid_canary=checked["GRID_CANARY"],
+        disagree_wait_s=checked["SOURCES_DISAGREE_SECONDS"],
+        secondary_confirm_s=checked["SECONDARY_CONFIRM_SECONDS"],
         nut_ups=checked["NUT_UPS"],
         nut_user=checked["NUT_USER"],
         nut_password=checked["NUT_PASSWORD"],

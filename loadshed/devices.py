@@ -185,6 +185,15 @@ class Registry:
                     f"SHED_BELOW names {name!r}, but no device is called that: the device "
                     f"meant follows DEFAULT_SHED_BELOW{hint}"
                 )
+        plugs = {n for n, d in self.devices.items() if d.switch.kind in PLUG_KINDS}
+        for name in self.config.grid_canary:
+            if name not in plugs:
+                close = difflib.get_close_matches(name, plugs, n=1)
+                hint = f" — did you mean {close[0]!r}?" if close else ""
+                typos.append(
+                    f"GRID_CANARY names {name!r}, but no Kasa or Tuya plug is called that: "
+                    f"it cannot tell the grid{hint}"
+                )
         return typos
 
     async def connect_pending(self) -> list[str]:

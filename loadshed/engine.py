@@ -29,16 +29,18 @@ from enum import Enum
 from pathlib import Path
 from typing import Any, Final
 
-from loadshed import policy
+from loadshed import policy, sources
+from loadshed.canary import CanarySource
 from loadshed.computers import Computer
 from loadshed.config import Config
 from loadshed.devices import Device, Placeholder, Registry
 from loadshed.drivers.computer import ComputerSwitch
-from loadshed.drivers.powerwall import PowerwallSource
 from loadshed.drivers.reach import Liveness
 from loadshed.errors import ConfigError
 from loadshed.gridlog import GridLog, pct
 from loadshed.model import (
+    CANARY,
+    UPS,
     Action,
     Event,
     EventKind,
@@ -57,7 +59,6 @@ from loadshed.trust import TRUST_FILE, Trust
 _LOG = logging.getLogger(__name__)
 _EVENTS = logging.getLogger(EVENTS_LOGGER)
 
-POWERWALL_TIMEOUT_S: Final = 5.0  # one request to the gateway; a read gets 3 x this at most
 DEVICE_REFRESH_S: Final = 30.0  # re-read every device this often, to see hand switching
 RETRY_FIRST_S: Final = 2.0  # a failed device is tried again after this, doubling ...
 RETRY_MAX_S: Final = 60.0  # ... up to once a minute: a plug back on the network is found soon
@@ -123,6 +124,19 @@ class Snapshot:
     events: tuple[str, ...] = ()
     started: bool = False  # the first reads are done
     problems: tuple[str, ...] = ()  # loadshed's own trouble, for the owner: "cannot write ..."
+    sources: tuple[SourceRow, ...] = ()  # the secondary grid sources (the Powerwall is `reading`)
+    decided_by: GridReading | None = None  # the reading decisions go by, when not `reading`
+    disagreement: str = ""  # the grid sources disagree: who says what
+
+
+@dataclass(frozen=True, slots=True)
+class SourceRow:
+    """A secondary grid source as the screen shows it: its last reading and how old it is."""
+
+    name: str
+    endpoint: str
+    reading: GridReading
+    age_s: float | None  # None: not read yet
 
 
 @dataclass
@@ -159,16 +173,18 @@ class Engine:
         self.wall = wall
         self._on_event = on_event
         self._on_snapshot = on_snapshot
-        self.rules = policy.Rules(config.poll_s, config.outage_confirm_s, config.restore_after_s)
-        self.registry = Registry(config, computers, computers_path=computers_path)
-        self.grid = PowerwallSource(
-            str(config.powerwall),
-            config.powerwall_password,
-            config.powerwall_email,
-            timeout_s=POWERWALL_TIMEOUT_S,
-            clock=clock,
-            trust=Trust(store.dir / TRUST_FILE) if store is not None else None,
+        self.rules = policy.Rules(
+            config.poll_s,
+            config.outage_confirm_s,
+            config.restore_after_s,
+            config.disagree_wait_s,
+            config.secondary_confirm_s,
         )
+        self.registry = Registry(config, computers, computers_path=computers_path)
+        trust = Trust(store.dir / TRUST_FILE) if store is not None else None
+        self.grid = sources.primary(config, trust, clock)
+        self.secondaries = sources.secondaries(config, self.registry)
+        self.latest: dict[int, sources.Latest] = {}  # by index in secondaries
         self.state = State()
         self.memory = policy.Memory()
         self.reading = GridReading(Grid.UNKNOWN, detail="not read yet", status=Status.UNREACHABLE)
@@ -321,7 +337,12 @@ class Engine:
         if self._tasks:
             await asyncio.wait(list(self._tasks), timeout=QUIT_WAIT_S)
         self._flush()
-        await asyncio.gather(self.registry.close(), self.grid.close(), return_exceptions=True)
+        await asyncio.gather(
+            self.registry.close(),
+            self.grid.close(),
+            *(source.close() for source in self.secondaries),
+            return_exceptions=True,
+        )
 
     # --- the loop -----------------------------------------------------------------------------
 
@@ -329,6 +350,9 @@ class Engine:
         """Poll every POLL_SECONDS and obey commands until QUIT."""
         poller = asyncio.create_task(self._poll_loop())
         refresher = asyncio.create_task(self._refresh_loop())
+        watchers = [
+            asyncio.create_task(self._secondary_loop(n, s)) for n, s in enumerate(self.secondaries)
+        ]
         try:
             while True:
                 await wake.wait()
@@ -345,15 +369,40 @@ class Engine:
                     except Exception:  # a key press must never end the monitor
                         _LOG.exception("loadshed hit a bug obeying %s; carrying on", command.kind)
         finally:
-            for task in (poller, refresher):
+            for task in (poller, refresher, *watchers):
                 task.cancel()
-            await asyncio.gather(poller, refresher, return_exceptions=True)
+            await asyncio.gather(poller, refresher, *watchers, return_exceptions=True)
 
     async def _poll_loop(self) -> None:
         while True:
             started = self.clock()
             await _survive(self.poll(), "polling")
             await asyncio.sleep(max(0.0, self.config.poll_s - (self.clock() - started)))
+
+    async def _secondary_loop(self, index: int, source: sources.GridSource) -> None:
+        """Read one secondary source every poll, on its own: a slow one delays nobody."""
+        while True:
+            started = self.clock()
+            try:
+                reading = await source.read()
+            except Exception:  # a source never raises; if one does, it is a bug, not the grid
+                _LOG.exception("loadshed hit a bug reading %s; carrying on", source.endpoint)
+                reading = GridReading(Grid.UNKNOWN, detail="could not be read (a bug)")
+            before = self.latest.get(index)
+            self.latest[index] = sources.Latest(reading, self.clock())
+            if before is None or before.reading.grid is not reading.grid:
+                self._say(f"{reading.source}: {_grid_words(reading)}")
+            await asyncio.sleep(max(0.0, self.config.poll_s - (self.clock() - started)))
+
+    def _readings(self) -> list[GridReading]:
+        """The Powerwall's reading first, then each secondary source's as it stands now."""
+        now = self.clock()
+        found = [self.reading]
+        for index in range(len(self.secondaries)):
+            latest = self.latest.get(index)
+            if latest is not None:
+                found.append(latest.now(now, self.config.poll_s, sources.SECONDARY_TIMEOUT_S))
+        return found
 
     async def _refresh_loop(self) -> None:
         while True:
@@ -384,13 +433,24 @@ class Engine:
     def decide(self) -> None:
         now = self.clock()
         decision = policy.decide(
-            self.reading, now, self.memory, self._shed_views(), self._device_views(), self.rules
+            self._readings(),
+            now,
+            self.memory,
+            self._shed_views(),
+            self._device_views(),
+            self.rules,
         )
-        if self.memory.grid is Grid.UNKNOWN and self.reading.grid is Grid.OFF:
-            # The Powerwall could not be read at start; its first answer is an outage: that is
+        effective = decision.reading
+        if (
+            self.memory.grid is Grid.UNKNOWN
+            and effective is not None
+            and effective.grid is Grid.OFF
+        ):
+            # The grid could not be read at start; its first answer is an outage: that is
             # news (a reading at start that is already off-grid is not: a restart mid-outage).
             decision = replace(decision, changed=Grid.OFF)
-        over = self.reading.grid is Grid.ON and not self.memory.outage and not self.state.shed
+        on_grid = effective is not None and effective.grid is Grid.ON
+        over = on_grid and not self.memory.outage and not self.state.shed
         self.gridlog.note(self.reading, decision, outage_over=over)  # said before switching
         if decision.changed is Grid.ON:
             self._grid_back()
@@ -466,7 +526,28 @@ class Engine:
         keeper = self._kept_on_by(name)
         if keeper is not None:
             return f"kept on: {keeper} is pinned on"
+        if name in self.config.grid_canary:
+            return "grid canary: read every poll, never switched"
         return self._held.get(name, "")
+
+    def _decided_by(self) -> GridReading | None:
+        """The secondary sources' reading when they decide (the Powerwall cannot be read)."""
+        effective = self._decision.reading
+        if effective is None or effective.source == self.reading.source:
+            return None
+        return effective
+
+    def _source_rows(self, now: float) -> tuple[SourceRow, ...]:
+        rows = []
+        for index, source in enumerate(self.secondaries):
+            latest = self.latest.get(index)
+            if latest is None:
+                reading = GridReading(Grid.UNKNOWN, detail="not read yet")
+                rows.append(SourceRow(_source_name(source), source.endpoint, reading, None))
+                continue
+            reading = latest.now(now, self.config.poll_s, sources.SECONDARY_TIMEOUT_S)
+            rows.append(SourceRow(reading.source, source.endpoint, reading, now - latest.at))
+        return tuple(rows)
 
     def _shed_views(self) -> dict[str, policy.ShedView]:
         views = {}
@@ -1010,9 +1091,23 @@ class Engine:
                 *(p for p in (self.disk_problem,) if p is not None),
                 *self._name_problems,
             ),
+            sources=self._source_rows(now_mono),
+            decided_by=self._decided_by(),
+            disagreement=self._decision.disagreement,
         )
         if self._on_snapshot is not None:
             self._on_snapshot(self.snapshot)
+
+
+def _grid_words(reading: GridReading) -> str:
+    """A source's reading in a line: "off grid (Garage canary silent)"."""
+    words = {Grid.ON: "on grid", Grid.OFF: "off grid"}.get(reading.grid, "cannot tell")
+    why = reading.detail if reading.grid is Grid.UNKNOWN else reading.raw
+    return f"{words} ({why})" if why else words
+
+
+def _source_name(source: sources.GridSource) -> str:
+    return CANARY if isinstance(source, CanarySource) else UPS
 
 
 async def _survive(step: Coroutine[Any, Any, None], what: str) -> None:

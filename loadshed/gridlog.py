@@ -9,11 +9,14 @@ it is, since when the house is on battery. It switches nothing; the engine does.
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable
-from typing import Protocol
+from typing import Final, Protocol
 
 from loadshed import policy
 from loadshed.model import EventKind, Grid, GridReading
+
+DISAGREE_SAID_S: Final = 900.0  # "grid sources disagree" at most this often (a blinking canary)
 
 
 class Say(Protocol):
@@ -38,6 +41,9 @@ class GridLog:
         self.since: float | None = None  # wall clock when the present grid state began
         self.outage_since: float | None = None  # wall clock when the outage began
         self.powerwall_lost = False  # unreadable long enough to have told the owner
+        self.disagreement = ""  # the grid sources disagree: who says what
+        self._disagree_said_at = -math.inf  # wall clock of the last "disagree" said
+        self._disagreeing = False  # a disagreement was said and has not ended
 
     def start(self, reading: GridReading) -> None:
         """The reading taken at start: known since loadshed started, as far as it knows."""
@@ -45,8 +51,31 @@ class GridLog:
             self.since = self.wall()
 
     def note(self, reading: GridReading, decision: policy.Decision, *, outage_over: bool) -> None:
-        """Take in one decision's reading: say and tell what changed, in that order, before
-        the switching it causes. `outage_over`: on grid, and nothing left shed."""
+        """Take in one decision: say and tell what changed, in that order, before the switching
+        it causes. `reading` is the Powerwall's; `decision.reading` what the decision went by
+        (the Powerwall's, or the secondary sources' while it cannot be read). `outage_over`: on
+        grid, and nothing left shed."""
+        self._powerwall(reading, decision)
+        self._sources(decision)
+        effective = decision.reading
+        if effective is None:
+            return
+        if self.since is None or decision.changed is not None:
+            self.since = self.wall()
+        if decision.changed is Grid.OFF:
+            self.outage_since = self.wall()
+            self.say(f"grid lost ({effective.raw}), battery {pct(reading)}", event=True)
+            self.tell(EventKind.OFF_GRID, effective.raw)
+        elif decision.changed is Grid.ON:
+            self.say(f"grid back ({effective.raw}), battery {pct(reading)}", event=True)
+            self.tell(EventKind.ON_GRID, effective.raw)
+        if effective.grid is Grid.OFF and self.outage_since is None:
+            self.outage_since = self.since
+        if outage_over:
+            self.outage_since = None
+
+    def _powerwall(self, reading: GridReading, decision: policy.Decision) -> None:
+        """The Powerwall unreadable for UNKNOWN_POLLS polls, and readable again: once each."""
         if reading.grid is Grid.UNKNOWN:
             lost_after = policy.UNKNOWN_POLLS * self.poll_s
             if decision.unknown_for_s >= lost_after and not self.powerwall_lost:
@@ -57,24 +86,25 @@ class GridLog:
                     event=True,
                 )
                 self.tell(EventKind.POWERWALL_LOST, reading.detail)
-            return
-        if self.powerwall_lost:
+        elif self.powerwall_lost:
             self.powerwall_lost = False
             self.say("Powerwall readable again", event=True)
             self.tell(EventKind.POWERWALL_BACK, "")
-        if self.since is None or decision.changed is not None:
-            self.since = self.wall()
-        if decision.changed is Grid.OFF:
-            self.outage_since = self.wall()
-            self.say(f"grid lost ({reading.raw}), battery {pct(reading)}", event=True)
-            self.tell(EventKind.OFF_GRID, reading.raw)
-        elif decision.changed is Grid.ON:
-            self.say(f"grid back ({reading.raw}), battery {pct(reading)}", event=True)
-            self.tell(EventKind.ON_GRID, reading.raw)
-        if reading.grid is Grid.OFF and self.outage_since is None:
-            self.outage_since = self.since
-        if outage_over:
-            self.outage_since = None
+
+    def _sources(self, decision: policy.Decision) -> None:
+        """The grid sources begin to disagree, or agree again: a disagreement is said (and the
+        owner told) at most once every DISAGREE_SAID_S, so a canary that blinks cannot flood
+        either; its end is said when its beginning was."""
+        was, says = self.disagreement, decision.disagreement
+        self.disagreement = says
+        if says and not was and self.wall() - self._disagree_said_at >= DISAGREE_SAID_S:
+            self._disagree_said_at = self.wall()
+            self._disagreeing = True
+            self.say(f"grid sources disagree: {says}", logging.WARNING, event=True)
+            self.tell(EventKind.SOURCES_DISAGREE, says)
+        elif not says and self._disagreeing:
+            self._disagreeing = False
+            self.say("grid sources agree again", event=True)
 
 
 def pct(reading: GridReading) -> str:

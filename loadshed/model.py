@@ -37,6 +37,8 @@ class Kind(Enum):
     """What sort of device a row is."""
 
     POWERWALL = "powerwall"
+    CANARY = "canary"  # GRID_CANARY: a grid source made of plugs
+    UPS = "ups"  # NUT_UPS: a grid source
     KASA = "kasa"
     TUYA = "tuya"
     LINUX = "linux"
@@ -132,6 +134,7 @@ class EventKind(Enum):
     TIER_RESTORED = "battery recovered"
     RESTORE_DONE = "restore finished"
     DEVICE_FAILED = "device failed"
+    SOURCES_DISAGREE = "grid sources disagree"  # the Powerwall and a canary or UPS differ
     ATTENTION = "needs attention"  # loadshed itself: state.json unwritable, a name clash...
 
 

@@ -540,6 +540,7 @@ def _header(snap: Snapshot, ui: UiState, width: int, now: float) -> list[Line]:
     return [
         _title(snap, ui, width, now),
         _grid_line(snap, width, now),
+        *_source_lines(snap, width),
         _battery_line(snap, width),
         _time_left_line(snap, ui, width),
         _status_line(snap, width, now),
@@ -567,13 +568,15 @@ def _grid_words(snap: Snapshot, now: float) -> tuple[str, Style]:
     reading = snap.reading
     if not snap.started:
         return "starting: reading the Powerwall and every device…", Style.DIM
-    if reading.grid is Grid.ON:
+    decided = snap.decided_by if snap.decided_by is not None else reading
+    by = "" if decided is reading else f" (the {decided.source} says; the Powerwall cannot)"
+    if decided.grid is Grid.ON:
         since = f" since {_clock(snap.grid_since)}" if snap.grid_since is not None else ""
-        return f"on grid{since}", Style.OK
-    if reading.grid is Grid.OFF:
+        return f"on grid{since}{by}", Style.OK
+    if decided.grid is Grid.OFF:
         began = snap.outage_since if snap.outage_since is not None else snap.grid_since
         since = f" for {duration(now - began)}, since {_clock(began)}" if began is not None else ""
-        return f"OFF GRID — on battery{since}", Style.BAD
+        return f"OFF GRID — on battery{since}{by}", Style.BAD
     since = f" since {_clock(snap.unknown_since)}" if snap.unknown_since is not None else ""
     if reading.status is Status.OK:
         what = f"unknown: the Powerwall says {reading.raw or 'nothing'}{since}"
@@ -592,6 +595,26 @@ def _grid_line(snap: Snapshot, width: int, now: float) -> Line:
     if snap.started and reading.grid is Grid.UNKNOWN and reading.detail:
         text.add(f" — {reading.detail}")
     return text.line(width)
+
+
+def _source_lines(snap: Snapshot, width: int) -> list[Line]:
+    """One line per secondary grid source (canary plugs, a UPS): what it says, and how old
+    that is; then who disagrees with whom, if anyone does."""
+    lines = []
+    for row in snap.sources:
+        reading = row.reading
+        words = {Grid.ON: "on grid", Grid.OFF: "off grid"}.get(reading.grid, "cannot tell")
+        style = {Grid.ON: Style.OK, Grid.OFF: Style.BAD}.get(reading.grid, Style.WARN)
+        why = reading.raw if reading.grid is not Grid.UNKNOWN else reading.detail
+        age = "not read yet" if row.age_s is None else f"{row.age_s:.0f} s ago"
+        text = _Text().add(f"  {row.name:<7} ").add(words, style)
+        text.add(f" ({why})" if why else "").add(f" · {age}", Style.DIM)
+        lines.append(text.line(width))
+    if snap.disagreement:
+        lines.append(
+            _Text(Style.WARN).add(f"  ! sources disagree: {snap.disagreement}").line(width)
+        )
+    return lines
 
 
 def _battery_line(snap: Snapshot, width: int) -> Line:

@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from loadshed.engine import Command, CommandKind, DeviceRow, Snapshot
+from loadshed.engine import Command, CommandKind, DeviceRow, Snapshot, SourceRow
 from loadshed.model import Grid, GridReading, Kind, Pin, Power, Status, Verb
 from loadshed.view import (
     KEYS,
@@ -740,3 +740,31 @@ def test_loadshed_s_own_trouble_is_on_screen() -> None:
     lines = render(snapshot(problems=(problem,)), UiState(), 100, 30)
     (line,) = [ln for ln in lines if "state.json" in ln.text]
     assert line.text.strip() == f"! {problem}"
+
+
+# --- more than one grid source ---------------------------------------------------------------
+
+
+def test_each_secondary_source_has_a_line_with_its_reading_and_age() -> None:
+    canary = GridReading(Grid.ON, raw="Garage canary answers", source="canary")
+    ups = GridReading(Grid.OFF, raw="OB DISCHRG", source="UPS")
+    snap = snapshot(
+        sources=(
+            SourceRow("canary", "Garage canary", canary, 1.2),
+            SourceRow("UPS", "ups@192.0.2.9:3493", ups, 0.4),
+        ),
+        disagreement="Powerwall says on grid, UPS says off grid",
+    )
+    lines = render(snap, UiState(), 100, 30)
+    assert "on grid (Garage canary answers) · 1 s ago" in line_with(lines, "canary ")
+    assert "off grid (OB DISCHRG) · 0 s ago" in line_with(lines, "UPS ")
+    assert "Powerwall says on grid, UPS says off grid" in line_with(lines, "sources disagree")
+    assert_fits(lines, 100, 30)
+
+
+def test_the_grid_line_says_when_a_secondary_source_decides() -> None:
+    unreadable = GridReading(Grid.UNKNOWN, detail="login rejected", status=Status.FAILED)
+    decided = GridReading(Grid.OFF, raw="canary: Garage canary silent", source="canary")
+    snap = off_grid(reading=unreadable, decided_by=decided)
+    grid = line_with(render(snap, UiState(), 100, 30), "OFF GRID")
+    assert "(the canary says; the Powerwall cannot)" in grid

@@ -60,7 +60,7 @@ MESSAGES: Final[dict[EventKind, Wording]] = {
     ),
     EventKind.POWERWALL_LOST: Wording(
         "cannot read the Powerwall since {time}{late}: {detail}. Nothing is shed or restored "
-        "until it answers.",
+        "on its word until it answers.",
         "Powerwall unreachable since {time}",
         "warning",
         detail_label="Why",
@@ -105,6 +105,13 @@ MESSAGES: Final[dict[EventKind, Wording]] = {
         "Device trouble at {time}",
         "failure",
         done_label="Done",
+    ),
+    EventKind.SOURCES_DISAGREE: Wording(
+        "grid sources disagree {time}{late}: {detail}. Acting on the Powerwall only after a "
+        "longer wait.",
+        "Grid sources disagree ({time})",
+        "warning",
+        detail_label="Who says what",
     ),
     EventKind.ATTENTION: Wording(
         "needs your attention {time}{late}: {detail}",

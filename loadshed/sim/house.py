@@ -29,6 +29,7 @@ from loadshed.sim.kasa import kasa_plug, kasa_strip, klap_plug
 from loadshed.sim.loop import LoopThread
 from loadshed.sim.powerwall import PowerwallSim
 from loadshed.sim.ssh import SSHD_PATH, SshHost, combined_ssh_config
+from loadshed.sim.tedapi import TedapiSim
 from loadshed.sim.tuya import TuyaPlugSim
 
 TICK_S: Final = 0.2  # real seconds between battery-model steps
@@ -38,6 +39,7 @@ ALIASES: Final = {"NAS": "nas", "Workstation": "workstation"}  # the ssh_config 
 PLUGS: Final = {"NAS": "NAS plug"}  # computer → the plug it lives on (BIOS: on after AC loss)
 KASA_USERNAME: Final = "owner@example.com"  # the simulated TP-Link account (KLAP plug)
 POWERWALL_NAME: Final = "Powerwall"
+CANARY_NAME: Final = "Garage canary"  # SimHouse(canary=True): a plug on an unbacked circuit
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,6 +71,8 @@ class SimHouse:
         battery_pct: float = 80.0,
         reconnect_s: float = 0.0,
         computers: bool = False,
+        canary: bool = False,
+        tedapi: bool = False,
     ) -> None:
         if speed <= 0:
             raise ValueError("speed must be above 0")
@@ -91,7 +95,13 @@ class SimHouse:
             )
         }
         o = self.outlets
-        self.powerwall = PowerwallSim(self.site, self.password)
+        # The gateway: its legacy API (customer password) or its TEDAPI (the QR sticker's).
+        self.tedapi = tedapi
+        self.powerwall: PowerwallSim | TedapiSim = (
+            TedapiSim(self.site, self.password)
+            if tedapi
+            else PowerwallSim(self.site, self.password)
+        )
         self.kasa: list[SimDevice] = [
             kasa_plug(o["Router"]),
             kasa_plug(o["Freezer"], meter=True),
@@ -112,6 +122,9 @@ class SimHouse:
             *((t.sim, [t.name]) for t in self.tuya),
         ):
             self._sim_of.update(dict.fromkeys(names, sim))
+        self.canaries: list[str] = []  # plugs on a circuit the Powerwall does not back up
+        if canary:
+            self._add_canary()
         self.shed_below = {"Router": 0, "Aquarium": 0, "Freezer": 30, "Dehumidifier": 50}
         self.hosts: dict[str, SshHost] = {}
         self.hard_cuts: list[str] = []  # computers whose plug went off while they were running
@@ -132,6 +145,16 @@ class SimHouse:
         )
         self._loop: LoopThread | None = None
         self._ticker: asyncio.Task[None] | None = None
+
+    def _add_canary(self) -> None:
+        """A Kasa plug on the garage circuit, which the Powerwall does not back up: it goes
+        silent when the grid is cut, and answers again when the grid is back."""
+        outlet = Outlet(CANARY_NAME, 2.0)
+        self.outlets[CANARY_NAME] = outlet
+        sim = kasa_plug(outlet)
+        self.kasa.append(sim)
+        self._sim_of[CANARY_NAME] = sim
+        self.canaries.append(CANARY_NAME)
 
     def _add_computers(self) -> None:
         """Two computers on a real sshd each: a NAS fed by its own plug, a Workstation (WoL)."""
@@ -283,12 +306,21 @@ class SimHouse:
         self._loop.run(_on_loop())
 
     def cut_grid(self) -> None:
-        """The utility fails: the Powerwall reports SystemIslandedActive."""
+        """The utility fails: the Powerwall reports SystemIslandedActive, and the canary plugs,
+        on circuits it does not back up, lose power."""
         self._call(self.energy.cut_grid)
+        self.power_canaries(False)
 
     def restore_grid(self) -> None:
-        """The utility returns (through SystemTransitionToGrid when reconnect_s > 0)."""
+        """The utility returns (through SystemTransitionToGrid when reconnect_s > 0), and with
+        it the canaries."""
         self._call(self.energy.restore_grid)
+        self.power_canaries(True)
+
+    def power_canaries(self, powered: bool) -> None:
+        """Power the unbacked circuit on or off by itself (a tripped breaker, or a test)."""
+        for name in self.canaries:  # a plug without power never answers: nothing refuses
+            self.set_fault(name, Fault.NONE if powered else Fault.HUNG)
 
     def set_grid_status(self, raw: str) -> None:
         """Make the Powerwall report any grid_status string, known or not."""
@@ -356,12 +388,17 @@ class SimHouse:
         lines = [
             "# A simulated house on 127.0.0.1, written by loadshed.sim; valid while it runs.",
             f"PWIPNAME = {self.powerwall.address!r}",
-            f"PWPASS = {self.password!r}",
+            *(
+                ['POWERWALL_API = "tedapi"', f"PW_GATEWAY_PASSWORD = {self.password!r}"]
+                if self.tedapi
+                else [f"PWPASS = {self.password!r}"]
+            ),
             f"KASA_HOSTS = {kasa!r}",
             f"KASA_USERNAME = {KASA_USERNAME!r}",
             f"KASA_PASSWORD = {self.kasa_password!r}",
             "TUYA_DEVICES = " + pprint.pformat(tuya, sort_dicts=False, width=100),
             f"SHED_BELOW = {self.shed_below!r}",
+            *([f"GRID_CANARY = {self.canaries!r}"] if self.canaries else []),
             "POLL_SECONDS = 1",
             "RESTORE_AFTER_SECONDS = 30",
         ]
