@@ -3,11 +3,11 @@ secret setting, and every trace of it searched.
 
 loadshed runs an outage and a restore against the simulated house with computers, alerts by
 email (aiosmtpd) and Apprise (json://), and a Windows computer; then `check` and `notify-test`.
-Every secret — the Powerwall, Kasa, SMTP and Windows passwords, the Tuya cloud secret, each Tuya
-local key, the Apprise token — is given once in config.py and once in the environment
-(`LOADSHED_*`). Then the search: everything loadshed printed, every file it wrote (state, events
-log, outbox, trust), every email and Apprise post, and the argv and environment of every child
-process: ssh, the ProxyCommand ssh starts, and `net`.
+Every secret — the Powerwall (customer and gateway), Kasa, SMTP, NUT and Windows passwords, the
+Tuya cloud secret, each Tuya local key, the Apprise token — is given once in config.py and once in
+the environment (`LOADSHED_*`). Then the search: everything loadshed printed, every file it wrote
+(state, events log, outbox, trust), every email and Apprise post, and the argv and environment of
+every child process: ssh, the ProxyCommand ssh starts, and `net`.
 
 The children are caught by recorders first on PATH that write down their argv and environment
 and then become the real program. No Windows host can run here, so `net` is a stand-in that
@@ -40,8 +40,12 @@ pytestmark = [
 Start = Callable[..., Loadshed]
 WINDOWS_PASSWORD = "win-Secret-4c9d1e"
 TUYA_API_SECRET = "tuya-Secret-b7a2f0"
+GATEWAY_PASSWORD = "gw-Secret-8d3c2a"  # TEDAPI's, unused here: loaded, and never echoed
+NUT_PASSWORD = "nut-Secret-1f6b9e"
 SECRET_ENV = {  # config.py name -> its environment override
     "PWPASS": "LOADSHED_PWPASS",
+    "PW_GATEWAY_PASSWORD": "LOADSHED_PW_GATEWAY_PASSWORD",
+    "NUT_PASSWORD": "LOADSHED_NUT_PASSWORD",
     "KASA_PASSWORD": "LOADSHED_KASA_PASSWORD",
     "SMTP_PASSWORD": "LOADSHED_SMTP_PASSWORD",
     "TUYAAPISECRET": "LOADSHED_TUYAAPISECRET",
@@ -140,6 +144,8 @@ def test_no_secret_reaches_an_output_a_file_a_message_or_a_child(
         "SMTP_PASSWORD": SMTP_PASSWORD,
         "TUYAAPISECRET": TUYA_API_SECRET,
         "WINDOWS_PASSWORD": WINDOWS_PASSWORD,
+        "PW_GATEWAY_PASSWORD": GATEWAY_PASSWORD,
+        "NUT_PASSWORD": NUT_PASSWORD,
     }
     text = config.read_text()
     for name, value in secrets.items():
