@@ -62,6 +62,27 @@ def _parser() -> argparse.ArgumentParser:
     _add_config_args(restore)
     _add_engine_args(restore)
 
+    pin = verbs.add_parser(
+        "pin", help="pin one device on or off (or back to its rule), through the running daemon"
+    )
+    pin.add_argument("name", help="the device, as loadshed names it (see `loadshed status`)")
+    pin.add_argument("pin", choices=("on", "off", "auto"), help="keep on, keep off, or its rule")
+    _add_config_args(pin)
+    _add_engine_args(pin)
+
+    status = verbs.add_parser(
+        "status", help="one look at the running daemon (exit 0 on grid, 1 not, 3 none running)"
+    )
+    status.add_argument("--json", action="store_true", help="the whole snapshot as JSON")
+    _add_config_args(status)
+    status.add_argument("--state-dir", type=Path, default=None, help="the daemon's state dir")
+
+    attach = verbs.add_parser(
+        "attach", help="the running daemon's screen, keys and all; leaving it leaves it running"
+    )
+    _add_config_args(attach)
+    attach.add_argument("--state-dir", type=Path, default=None, help="the daemon's state dir")
+
     notify_test = verbs.add_parser(
         "notify-test", help="send one test message through every alert channel, now"
     )
@@ -125,7 +146,20 @@ def main(
 
             configure_logging(err, debug=args.debug, level=logging.ERROR)
             return daemon.notify_test(args, env, out)
-        if args.verb in ("run", "shed", "restore"):
+        if args.verb in ("status", "attach"):
+            from loadshed import clients
+
+            configure_logging(err, debug=args.debug, level=logging.ERROR)
+            return (clients.status if args.verb == "status" else clients.attach)(args, env, out)
+        if args.verb in ("shed", "restore", "pin") and not args.dry_run:
+            from loadshed import clients
+
+            configure_logging(err, debug=args.debug, level=logging.ERROR)
+            fields = {"device": args.name, "pin": args.pin} if args.verb == "pin" else {}
+            forwarded = clients.forward(args, env, out, args.verb, **fields)
+            if forwarded is not None:
+                return forwarded
+        if args.verb in ("run", "shed", "restore", "pin"):
             from loadshed import daemon
 
             # Plain mode: timestamped lines on stdout, what systemd and a pipe want.

@@ -23,10 +23,11 @@ from typing import Final, TextIO
 
 from loadshed.computers import Computer, check_power_rules, load_computers
 from loadshed.config import Config, load_config
+from loadshed.control import answers, house_socket
 from loadshed.engine import Command, CommandKind, Engine
 from loadshed.errors import ExitCode, LoadshedError
 from loadshed.logs import redact_secrets
-from loadshed.model import Power, Status, Verb
+from loadshed.model import Pin, Power, Status, Verb
 from loadshed.monitor import Monitor
 from loadshed.notify import Notifier
 from loadshed.policy import ESSENTIAL
@@ -36,6 +37,7 @@ _LOG = logging.getLogger(__name__)
 
 JOIN_POLL_S: Final = 0.5  # the main thread wakes this often so signals are handled promptly
 HELD_LOG_LINES: Final = 20  # errors logged while the screen was up, printed when it closes
+PIN_WORDS: Final = {Pin.ON: "on", Pin.OFF: "off", None: "auto"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,6 +111,7 @@ def logs_held() -> Iterator[None]:
 
 def run(args: argparse.Namespace, env: Mapping[str, str], out: TextIO) -> int:
     """The daemon until q on its screen, or SIGTERM or SIGINT in plain mode."""
+    _refuse_a_second_daemon(load_config(args.config, env), args.dry_run)
     setup = _setup(args, env)
     config, store = setup.config, setup.store
     notifier = None
@@ -149,6 +152,21 @@ def run(args: argparse.Namespace, env: Mapping[str, str], out: TextIO) -> int:
     return ExitCode.OK
 
 
+def _refuse_a_second_daemon(config: Config, dry_run: bool) -> None:
+    """One loadshed per house: another daemon already watching this Powerwall (with another
+    state dir; the same state dir is refused by its lock) is named, and this one does not start.
+    A dry run may watch beside it: it switches nothing."""
+    if dry_run:
+        return
+    hello = answers(house_socket(str(config.powerwall)))
+    if hello is not None:
+        raise LoadshedError(
+            f"another loadshed (pid {hello.get('pid')}, state dir {hello.get('state_dir')}) "
+            f"already watches the Powerwall at {config.powerwall}: see it with `loadshed "
+            "status` or `loadshed attach`; stop it first to start another"
+        )
+
+
 def _run_plain(monitor: Monitor, config: Config) -> None:
     """Start the monitor and wait for it; SIGTERM and SIGINT ask it to quit."""
 
@@ -170,17 +188,23 @@ def _run_plain(monitor: Monitor, config: Config) -> None:
 
 
 def one_shot(args: argparse.Namespace, env: Mapping[str, str], out: TextIO) -> int:
-    """`loadshed shed` / `loadshed restore`: one forced command through the engine, then exit."""
+    """`loadshed shed` / `restore` / `pin` with no daemon running: one command through the
+    engine, then exit."""
     setup = _setup(args, env)
-    kind = CommandKind.FORCE_SHED if args.verb == "shed" else CommandKind.FORCE_RESTORE
+    if args.verb == "pin":
+        pin = {"on": Pin.ON, "off": Pin.OFF, "auto": None}[args.pin]
+        command = Command(CommandKind.PIN, origin="command line", device=args.name, pin=pin)
+    else:
+        kind = CommandKind.FORCE_SHED if args.verb == "shed" else CommandKind.FORCE_RESTORE
+        command = Command(kind, origin="command line")
     try:
-        return asyncio.run(_one_shot(setup, kind, args.dry_run, out))
+        return asyncio.run(_one_shot(setup, command, args.dry_run, out))
     finally:
         if setup.store is not None:
             setup.store.close()
 
 
-async def _one_shot(setup: Setup, kind: CommandKind, dry_run: bool, out: TextIO) -> int:
+async def _one_shot(setup: Setup, command: Command, dry_run: bool, out: TextIO) -> int:
     engine = Engine(
         setup.config,
         setup.store,
@@ -190,11 +214,15 @@ async def _one_shot(setup: Setup, kind: CommandKind, dry_run: bool, out: TextIO)
     )
     try:
         await engine.start()
-        engine.obey(Command(kind, origin="command line"))
+        if command.kind is CommandKind.PIN and command.device not in engine.registry.devices:
+            names = ", ".join(sorted(engine.registry.devices))
+            raise LoadshedError(f"no device is called {command.device!r} (there are: {names})")
+        engine.obey(command)
         await engine.settle()
     finally:
         await engine.close()
     acted = {action.device for action, _ in engine.results}
+    kind = command.kind
     ok = True
     for action, outcome in engine.results:
         wanted = Power.OFF if action.verb is Verb.SHED else Power.ON
@@ -205,6 +233,10 @@ async def _one_shot(setup: Setup, kind: CommandKind, dry_run: bool, out: TextIO)
             print(f"{action.device}: FAILED: {outcome.detail}", file=out)
     for name, device in engine.registry.devices.items():
         if name in acted:
+            continue
+        if kind is CommandKind.PIN:
+            if name == command.device:
+                print(f"{name}: pinned {PIN_WORDS[command.pin]}, {_power(device.power)}", file=out)
             continue
         if device.status is not Status.OK:
             ok = False

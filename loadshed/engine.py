@@ -104,6 +104,13 @@ class DeviceRow:
     busy: Verb | None = None
     pin: Pin | None = None
     note: str = ""  # what keeps it as it is: "kept on: NAS is running"
+    # Its draw as last measured while on: kept while it switches and while it is off, so an
+    # estimate need not wait for the next read. None: never measured.
+    draw_w: float | None = None
+    # Whether it was on when the Powerwall's latest reading was taken, so its draw is in that
+    # reading's load (a device switched since counts as it was until the next reading). None:
+    # not known; take its power now.
+    in_load: bool | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,12 +128,17 @@ class Snapshot:
     hold: bool = False
     paused: bool = False
     dry_run: bool = False
-    events: tuple[str, ...] = ()
+    events: tuple[str, ...] = ()  # "HH:MM what happened", oldest first, the last EVENTS_KEPT
     started: bool = False  # the first reads are done
     problems: tuple[str, ...] = ()  # loadshed's own trouble, for the owner: "cannot write ..."
     sources: tuple[SourceRow, ...] = ()  # the secondary grid sources (the Powerwall is `reading`)
     decided_by: GridReading | None = None  # the reading decisions go by, when not `reading`
     disagreement: str = ""  # the grid sources disagree: who says what
+    event_times: tuple[float, ...] = ()  # wall clock each line of `events` was said
+    outage_event: str = ""  # the line of `events` that began the present outage ("grid lost")
+    outage_event_at: float | None = None  # wall clock it was said
+
+    EVENTS_KEPT = 100  # lines for the screen's events pane: enough to fill a tall terminal
 
 
 @dataclass(frozen=True, slots=True)
@@ -204,6 +216,7 @@ class Engine:
         self.disk_problem: str | None = None
         self._name_problems: list[str] = []  # said once each: name clashes, SHED_BELOW typos
         self._started = False
+        self.result_listeners: set[Callable[[Action, Outcome], None]] = set()  # control clients
         # every action's outcome, in order (the last RESULTS_KEPT: a daemon runs for years)
         self.results: collections.deque[tuple[Action, Outcome]] = collections.deque(
             maxlen=RESULTS_KEPT
@@ -430,7 +443,8 @@ class Engine:
         self._reconcile_reads(idle)
         self.decide()
 
-    def decide(self) -> None:
+    def decide(self) -> policy.Decision:
+        """Decide on the readings as they stand, start what the decision asks, publish."""
         now = self.clock()
         decision = policy.decide(
             self._readings(),
@@ -456,12 +470,13 @@ class Engine:
             self._grid_back()
         self._take(decision, self.reading.battery_pct)
         self._publish()
+        return decision
 
-    def obey(self, command: Command) -> None:
-        """Force a shed or a restore now, whatever the grid; or set a device's pin."""
+    def obey(self, command: Command) -> tuple[Action, ...]:
+        """Force a shed or a restore now, whatever the grid; or set a device's pin. Returns
+        the actions it asked for (their outcomes reach the result listeners)."""
         if command.kind is CommandKind.PIN:
-            self._pin(command.device, command.pin)
-            return
+            return self._pin(command.device, command.pin)
         reason = f"forced from {command.origin}"
         if command.kind is CommandKind.FORCE_SHED:
             decision = policy.force_shed(
@@ -474,17 +489,18 @@ class Engine:
         self._say(f"{command.kind.value} ({reason}): {len(decision.actions)} devices")
         self._take(decision, self.reading.battery_pct, forced=True)
         self._publish()
+        return decision.actions
 
-    def _pin(self, name: str, pin: Pin | None) -> None:
+    def _pin(self, name: str, pin: Pin | None) -> tuple[Action, ...]:
         if name not in self.registry.devices:
             self._say(f"cannot pin {name!r}: no such device", logging.WARNING)
-            return
+            return ()
         pins = {n: p for n, p in self.state.pins.items() if n != name}
         if pin is not None:
             pins[name] = pin
         self._set_state(replace(self.state, pins=pins))
         self._say(f"{name}: {pin.value if pin is not None else 'automatic'}", event=True)
-        self.decide()
+        return tuple(a for a in self.decide().actions if a.device == name)
 
     async def settle(self) -> None:
         """Wait until no switch is in flight (for one-shot commands and tests)."""
@@ -709,6 +725,8 @@ class Engine:
         if not self.dry_run:  # a dry run learns nothing: the device is as it was read
             device.learn(outcome)
         self.results.append((action, outcome))
+        for listener in list(self.result_listeners):
+            listener(action, outcome)
         wanted = Power.OFF if action.verb is Verb.SHED else Power.ON
         if outcome.is_ok and outcome.power is wanted:
             self._succeeded(action, device, batch, outcome)
@@ -1032,9 +1050,26 @@ class Engine:
 
     def _publish(self) -> None:
         now_mono, now_wall = self.clock(), self.wall()
+        # The last snapshot is the screen's memory: what each device drew, when each line was
+        # said, which line began this outage.
+        before = self.snapshot
+        earlier = {row.name: row for row in before.devices}
+        fresh = self.reading is not before.reading  # the Powerwall was read since
 
         def wall_of(mono: float | None) -> float | None:
             return None if mono is None else now_wall + (mono - now_mono)
+
+        def draw_of(name: str, power: Power | None, watts: float | None) -> float | None:
+            if power is Power.ON and watts is not None:
+                return watts
+            row = earlier.get(name)
+            return row.draw_w if row is not None else None
+
+        def in_load(name: str, power: Power | None) -> bool:
+            row = earlier.get(name)
+            if fresh or row is None or row.in_load is None:
+                return power is Power.ON
+            return row.in_load
 
         rows = [
             DeviceRow(
@@ -1050,6 +1085,8 @@ class Engine:
                 d.busy,
                 self.state.pins.get(name),
                 self._note(name),
+                draw_w=draw_of(name, d.power, d.watts),
+                in_load=in_load(name, d.power),
             )
             for name, d in self.registry.devices.items()
         ]
@@ -1070,8 +1107,32 @@ class Engine:
                         "not reached yet",
                         None,
                         entry.reason,
+                        draw_w=draw_of(name, None, None),
+                        in_load=in_load(name, None),
                     )
                 )
+        # Every line is published in the loop turn that says it: a line the last snapshot did
+        # not have was said now. More are kept than RECENT_EVENTS, to fill a tall window.
+        stamps = {id(line): at for line, at in zip(before.events, before.event_times, strict=False)}
+        said = [line for line in self._recent if id(line) not in stamps]
+        kept = Snapshot.EVENTS_KEPT
+        events = (*before.events, *said)[-kept:]
+        event_times = (*before.event_times, *(now_wall for _ in said))[-kept:]
+        outage_since = self.gridlog.outage_since
+        began: tuple[str, float | None] = ("", None)
+        if outage_since is not None and outage_since == before.outage_since:
+            began = (before.outage_event, before.outage_event_at)
+        if outage_since is not None and not began[0]:
+            # gridlog's "grid lost" line, said as it set outage_since; none after a restart
+            # mid-outage (not a change)
+            began = next(
+                (
+                    (line, at)
+                    for line, at in zip(reversed(events), reversed(event_times), strict=False)
+                    if at >= outage_since and line.partition(" ")[2].startswith("grid lost")
+                ),
+                ("", None),
+            )
         unknown_since = self.memory.unknown_since
         self.snapshot = Snapshot(
             taken_at=now_wall,
@@ -1085,7 +1146,7 @@ class Engine:
             hold=self.memory.hold,
             paused=self.memory.paused,
             dry_run=self.dry_run,
-            events=tuple(self._recent),
+            events=events,
             started=self._started,
             problems=(
                 *(p for p in (self.disk_problem,) if p is not None),
@@ -1094,6 +1155,9 @@ class Engine:
             sources=self._source_rows(now_mono),
             decided_by=self._decided_by(),
             disagreement=self._decision.disagreement,
+            event_times=event_times,
+            outage_event=began[0],
+            outage_event_at=began[1],
         )
         if self._on_snapshot is not None:
             self._on_snapshot(self.snapshot)

@@ -18,6 +18,7 @@ from typing import Final
 
 from loadshed.computers import Computer
 from loadshed.config import Config
+from loadshed.control import SOCKET_NAME, ControlServer, house_socket
 from loadshed.engine import Command, CommandKind, Engine, Snapshot
 from loadshed.errors import LoadshedError
 from loadshed.model import Event, Grid, GridReading, Status
@@ -112,6 +113,14 @@ class Monitor:
         self._wake = asyncio.Event()
         if not self.commands.empty():
             self._wake.set()
+        server: ControlServer | None = None
+
+        def publish(snapshot: Snapshot) -> None:
+            if server is not None:
+                server.publish(snapshot)
+            if self.on_snapshot is not None:
+                self.on_snapshot(snapshot)
+
         engine = Engine(
             self.config,
             self.store,
@@ -119,9 +128,22 @@ class Monitor:
             computers_path=self.computers_path,
             dry_run=self.dry_run,
             on_event=self.on_event or (self.notifier.submit if self.notifier else None),
-            on_snapshot=self.on_snapshot,
+            on_snapshot=publish,
         )
         self._engine = engine
+        if self.store is not None:  # a dry run has no state dir, and claims no house
+            server = ControlServer(
+                engine,
+                [self.store.dir / SOCKET_NAME, house_socket(str(self.config.powerwall))],
+                {"state_dir": str(self.store.dir), "house": str(self.config.powerwall)},
+            )
+            try:
+                await server.start()
+            except OSError as err:  # no screen but this one then; never a reason not to shed
+                _LOG.error(
+                    "cannot open the control socket (%s): status and attach will not work", err
+                )
+                server = None
         self._started.set()
         # The sender shares the loop but never the poll's path: submit() only writes a file.
         notifier = self.notifier
@@ -130,6 +152,8 @@ class Monitor:
             await engine.start(first_decision_s=FIRST_DECISION_S)
             await engine.run(self.commands, self._wake)
         finally:
+            if server is not None:
+                await server.close()
             await engine.close()
             if sender is not None:
                 sender.cancel()

@@ -2,7 +2,8 @@
 
 The test run may only reach 127.0.0.0/8: pytest-socket blocks every other connect()
 (`--allow-hosts=127.0.0.0/8` in pyproject.toml), and `_loopback_sendto` below blocks UDP
-datagrams to anything else (discovery and Wake-on-LAN send with sendto, not connect).
+datagrams to anything else (discovery and Wake-on-LAN send with sendto, not connect). Unix
+sockets (the daemon's control socket) are allowed: they never leave the machine.
 """
 
 from __future__ import annotations
@@ -38,6 +39,8 @@ socket.socket.sendto = _loopback_sendto  # type: ignore[method-assign,assignment
 # The default state dir (check's trust.json and outbox) is a private temporary one: the test
 # run never writes into the real ~/.local/state/loadshed.
 os.environ["XDG_STATE_HOME"] = tempfile.mkdtemp(prefix="loadshed-test-state-")
+# So is the runtime dir where daemons claim their house (short: a socket path fits 107 bytes).
+os.environ["XDG_RUNTIME_DIR"] = tempfile.mkdtemp(prefix="ls-run-")
 
 
 @pytest.fixture

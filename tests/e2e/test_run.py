@@ -204,12 +204,17 @@ def test_shed_with_a_dead_plug_is_exit_1_naming_it(house: SimHouse, start: Start
     assert "Space heater: unreachable: connection refused" in shed.output
 
 
-def test_a_second_loadshed_on_the_same_state_dir_is_refused(start: Start) -> None:
+def test_a_second_loadshed_on_the_same_state_dir_is_refused(start: Start, tmp_path: Path) -> None:
     first = start()
     first.wait_for_line("ready:")
-    second = start()
+    second = start()  # finds the house's daemon and names it
     assert second.process.wait(30) == 1
-    assert "another loadshed is running" in second.output
+    assert f"another loadshed (pid {first.process.pid}" in second.output
+    elsewhere = tmp_path / "run2"  # not finding the house's daemon, it meets the dir's lock
+    elsewhere.mkdir(mode=0o700)
+    third = start(env={"XDG_RUNTIME_DIR": str(elsewhere)})
+    assert third.process.wait(30) == 1
+    assert "another loadshed is running" in third.output
 
 
 def test_corrupt_state_is_kept_aside_and_reported(start: Start, tmp_path: Path) -> None:
@@ -321,7 +326,9 @@ def test_a_state_dir_deleted_under_the_daemon_is_made_again_and_still_locked(
     wait_until("state.json written anew", (state_dir / "state.json").exists)
     assert state_dir.stat().st_mode & 0o777 == 0o700
     assert set(json.loads((state_dir / "state.json").read_text())["shed"]) == set(SHEDDABLE)
-    second = start()
+    elsewhere = tmp_path / "run2"  # not finding the house's daemon, it meets the dir's lock
+    elsewhere.mkdir(mode=0o700)
+    second = start(env={"XDG_RUNTIME_DIR": str(elsewhere)})
     assert second.process.wait(30) == 1
     assert "another loadshed is running" in second.output
 
