@@ -305,11 +305,13 @@ class SimHouse:
 
         self._loop.run(_on_loop())
 
-    def cut_grid(self) -> None:
+    def cut_grid(self, *, canaries: bool = True) -> None:
         """The utility fails: the Powerwall reports SystemIslandedActive, and the canary plugs,
-        on circuits it does not back up, lose power."""
+        on circuits it does not back up, lose power (`canaries=False`: a canary wired by
+        mistake to a backed-up circuit keeps it)."""
         self._call(self.energy.cut_grid)
-        self.power_canaries(False)
+        if canaries:
+            self.power_canaries(False)
 
     def restore_grid(self) -> None:
         """The utility returns (through SystemTransitionToGrid when reconnect_s > 0), and with

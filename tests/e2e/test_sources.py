@@ -97,8 +97,7 @@ def test_the_powerwall_and_the_canary_disagree_alert_then_act_on_the_powerwall_o
     once, nothing flaps."""
     daemon = start()
     daemon.wait_for_line("ready:")
-    house.cut_grid()
-    house.power_canaries(True)  # the canary still has power
+    house.cut_grid(canaries=False)  # the canary still has power
     daemon.wait_for_line("grid sources disagree: Powerwall says off grid, canary says on grid")
     assert all(house.is_on(n) for n in SHEDDABLE)  # not yet: the extra wait
     wait_until("the shed", lambda: not any(house.is_on(n) for n in SHEDDABLE))
