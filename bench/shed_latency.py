@@ -46,6 +46,7 @@ Run it from the repository root (the full run takes about 5 minutes):
     .venv/bin/python bench/shed_latency.py                  # both runs, as the issue describes
     .venv/bin/python bench/shed_latency.py --skip-naive     # loadshed only, about 30 s
     .venv/bin/python bench/shed_latency.py --naive-hung 2   # naive run with 2 hung plugs only
+    .venv/bin/python bench/shed_latency.py --skip-naive --stalled-clients 20  # 20 frozen screens
 
 With `--naive-hung N` the naive figure is also extrapolated to all 10 hung plugs: each plug hung
 for loadshed but answering for the naive run is charged what a hung plug of its kind cost in this
@@ -60,6 +61,7 @@ import os
 import pprint
 import secrets
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
@@ -509,8 +511,27 @@ class LoadshedResult:
     report: tuple[str, ...]  # its lines worth showing
 
 
+def stall_clients(sock_path: Path, n: int) -> list[socket.socket]:
+    """N clients of the daemon's control socket that subscribe to its snapshots and never read
+    a byte (a frozen phone's SSH session): shedding must not wait for them."""
+    stalled = []
+    for _ in range(n):
+        client = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        client.connect(str(sock_path))
+        client.sendall(b'{"op": "subscribe"}\n')
+        stalled.append(client)
+    return stalled
+
+
 def run_loadshed(
-    house: BenchHouse, healthy: Sequence[Plug], tmp: Path, poll_s: float, *, echo: bool
+    house: BenchHouse,
+    healthy: Sequence[Plug],
+    tmp: Path,
+    poll_s: float,
+    *,
+    echo: bool,
+    stalled: int = 0,
 ) -> LoadshedResult | None:
     """Start loadshed, wait until it polls, cut the grid, time the shed; None if it failed."""
     config = house.write_config(tmp / "config.py", poll_s)
@@ -519,6 +540,7 @@ def run_loadshed(
         f"loadshed: starting `python -m loadshed run --no-ui` (poll {poll_s:g} s) ...", flush=True
     )
     daemon = Daemon(config, tmp / "state", echo=echo)
+    clients: list[socket.socket] = []
     try:
         # Its start-up reads the grid once (beside reaching every device); the poll loop then
         # reads it every poll. Cut only once the loop has read it a few times.
@@ -538,6 +560,9 @@ def run_loadshed(
         startup_s = first_poll - daemon.launched
         ready_at = daemon.first("ready:")
         print(f"loadshed: up, polling (start-up {startup_s:.1f} s); cutting the grid", flush=True)
+        clients = stall_clients(tmp / "state" / "control.sock", stalled)
+        if clients:
+            print(f"loadshed: {len(clients)} stalled clients subscribed, never reading", flush=True)
         t0, reads_at_t0 = house.cut_grid()
         timing, computers = watch(
             house, healthy, t0, reads_at_t0, LOADSHED_LIMIT_S, daemon.is_alive, house.computers
@@ -547,6 +572,8 @@ def run_loadshed(
             time.sleep(WATCH_EVERY_S)
     finally:
         code = daemon.stop()
+        for client in clients:
+            client.close()
     if code not in (0, None):
         print(f"loadshed exited with code {code}", file=sys.stderr)
     report = daemon.matching("ready:", "grid lost", "shed finished", "could not", "stopped")
@@ -820,6 +847,13 @@ def _parser() -> argparse.ArgumentParser:
         metavar="N",
         help="hung plugs in the naive run (0-10; default all 10); the figure is extrapolated",
     )
+    parser.add_argument(
+        "--stalled-clients",
+        type=int,
+        default=0,
+        metavar="N",
+        help="N control-socket clients that subscribe and never read, through the outage",
+    )
     parser.add_argument("-v", "--verbose", action="store_true", help="echo loadshed's output")
     return parser
 
@@ -859,7 +893,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             where = [f"{c.alias} at {c.host.address}" for c in house.computers]
             print(f"house: computers on sshd: {', '.join(where)}", flush=True)
         with tempfile.TemporaryDirectory(prefix="loadshed-bench-") as tmp:
-            loadshed = run_loadshed(house, healthy, Path(tmp), args.poll, echo=args.verbose)
+            loadshed = run_loadshed(
+                house,
+                healthy,
+                Path(tmp),
+                args.poll,
+                echo=args.verbose,
+                stalled=args.stalled_clients,
+            )
         if not args.skip_naive:
             naive = run_naive(house, naive_hung, args.poll, quit_event)
     except KeyboardInterrupt:
