@@ -21,6 +21,7 @@ from loadshed.errors import ConfigError, ExitCode, LoadshedError
 from loadshed.logs import configure_logging
 
 PLAIN_FORMAT = "%(asctime)s %(message)s"
+JOURNAL_FORMAT = "%(message)s"  # journald stamps each line itself (it sets JOURNAL_STREAM)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -162,8 +163,9 @@ def main(
         if args.verb in ("run", "shed", "restore", "pin"):
             from loadshed import daemon
 
-            # Plain mode: timestamped lines on stdout, what systemd and a pipe want.
-            configure_logging(out, debug=args.debug, level=logging.INFO, fmt=PLAIN_FORMAT)
+            # Plain mode: timestamped lines on stdout, what a pipe wants; journald adds its own.
+            fmt = JOURNAL_FORMAT if env.get("JOURNAL_STREAM") else PLAIN_FORMAT
+            configure_logging(out, debug=args.debug, level=logging.INFO, fmt=fmt)
             if args.verb == "run":
                 return daemon.run(args, env, out)
             return daemon.one_shot(args, env, out)

@@ -64,6 +64,7 @@ RETRY_FIRST_S: Final = 2.0  # a failed device is tried again after this, doublin
 RETRY_MAX_S: Final = 60.0  # ... up to once a minute: a plug back on the network is found soon
 RETRY_DOUBLINGS_MAX: Final = 16  # the exponent's cap: far past RETRY_MAX_S already
 RESULTS_KEPT: Final = 1000  # outcomes kept for one-shot commands' reports; a daemon drops older
+ALIVE_POLLS: Final = 3  # the poll loop counts as alive while its last round is this recent
 ALREADY_OFF: Final = "already off (by hand?): left off, and not restored after the outage"
 FRESH_READ_S: Final = 5.0  # a plug read longer ago than this is read again before its shed
 PLUG_CYCLE_S: Final = 10.0  # a plug feeding a computer stays off this long, so the BIOS's
@@ -216,6 +217,7 @@ class Engine:
         self.disk_problem: str | None = None
         self._name_problems: list[str] = []  # said once each: name clashes, SHED_BELOW typos
         self._started = False
+        self._polled_at = clock()  # the poll loop's last round (the systemd watchdog asks)
         self.result_listeners: set[Callable[[Action, Outcome], None]] = set()  # control clients
         # every action's outcome, in order (the last RESULTS_KEPT: a daemon runs for years)
         self.results: collections.deque[tuple[Action, Outcome]] = collections.deque(
@@ -390,7 +392,14 @@ class Engine:
         while True:
             started = self.clock()
             await _survive(self.poll(), "polling")
+            self._polled_at = self.clock()
             await asyncio.sleep(max(0.0, self.config.poll_s - (self.clock() - started)))
+
+    def polling(self) -> bool:
+        """Whether the poll loop is alive: its last round ended within a few polls (a round
+        includes a Powerwall read that may take its whole timeout)."""
+        bound = ALIVE_POLLS * self.config.poll_s + sources.POWERWALL_TIMEOUT_S * ALIVE_POLLS
+        return self.clock() - self._polled_at <= bound
 
     async def _secondary_loop(self, index: int, source: sources.GridSource) -> None:
         """Read one secondary source every poll, on its own: a slow one delays nobody."""
@@ -1071,6 +1080,8 @@ class Engine:
                 return power is Power.ON
             return row.in_load
 
+        # A forced action waiting for the device's present one to end is switching already.
+        deferred = {name: action.verb for name, action in self._deferred.items()}
         rows = [
             DeviceRow(
                 name,
@@ -1082,7 +1093,7 @@ class Engine:
                 d.detail,
                 d.watts,
                 self.state.shed[name].reason if name in self.state.shed else None,
-                d.busy,
+                d.busy if d.busy is not None else deferred.get(name),
                 self.state.pins.get(name),
                 self._note(name),
                 draw_w=draw_of(name, d.power, d.watts),

@@ -16,6 +16,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Final
 
+from loadshed import sdnotify
 from loadshed.computers import Computer
 from loadshed.config import Config
 from loadshed.control import SOCKET_NAME, ControlServer, house_socket
@@ -148,10 +149,17 @@ class Monitor:
         # The sender shares the loop but never the poll's path: submit() only writes a file.
         notifier = self.notifier
         sender = asyncio.create_task(_keep_sending(notifier)) if notifier is not None else None
+        systemd = sdnotify.Notifier()
+        watchdog: asyncio.Task[None] | None = None
         try:
             await engine.start(first_decision_s=FIRST_DECISION_S)
+            systemd.send(f"READY=1\nSTATUS=watching the Powerwall at {self.config.powerwall}")
+            watchdog = asyncio.create_task(systemd.watch(engine.polling))
             await engine.run(self.commands, self._wake)
         finally:
+            systemd.send("STOPPING=1")
+            if watchdog is not None:
+                watchdog.cancel()
             if server is not None:
                 await server.close()
             await engine.close()
