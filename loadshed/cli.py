@@ -84,6 +84,16 @@ def _parser() -> argparse.ArgumentParser:
     _add_config_args(attach)
     attach.add_argument("--state-dir", type=Path, default=None, help="the daemon's state dir")
 
+    init = verbs.add_parser(
+        "init", help="write a first config.py (0600) and computers.txt, then check them"
+    )
+    _add_config_args(init)
+    init.add_argument("--powerwall", help="the gateway's address (asked when not given)")
+    init.add_argument("--password", help="its customer password (asked when not given)")
+    init.add_argument("--mail-to", help="where alerts go (asked when not given)")
+    init.add_argument("--force", action="store_true", help="replace existing files, unasked")
+    init.add_argument("--yes", action="store_true", help="ask nothing: use the flags as given")
+
     notify_test = verbs.add_parser(
         "notify-test", help="send one test message through every alert channel, now"
     )
@@ -108,7 +118,13 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _add_config_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", type=Path, default=Path("config.py"), help="(./config.py)")
+    parser.add_argument(
+        "--config",
+        type=Path,
+        default=None,
+        help="(./config.py if there is one, else config.py in your user config dir, "
+        "~/.config/loadshed on Linux)",
+    )
     parser.add_argument(
         "--computers", type=Path, default=None, help="computers.txt (./computers.txt)"
     )
@@ -139,6 +155,15 @@ def main(
             args = _parser().parse_args(argv)
         except SystemExit as done:  # --help and --version
             return int(done.code or 0)
+        if getattr(args, "config", "absent") is None:
+            from loadshed.setup_files import default_config_path
+
+            args.config = default_config_path()
+        if args.verb == "init":
+            from loadshed.setup_files import init
+
+            configure_logging(err, debug=args.debug, level=logging.ERROR)
+            return init(args, env, out)
         if args.verb == "demo":
             configure_logging(out, debug=args.debug, level=logging.INFO, fmt=PLAIN_FORMAT)
             return _demo(args, env, out, err)

@@ -574,7 +574,11 @@ def load_config(path: Path, env: Mapping[str, str] | None = None) -> Config:
             continue
         if name not in VARIABLES:
             close = difflib.get_close_matches(name, VARIABLES, n=1, cutoff=0.6)
-            hint = f"did you mean {close[0]}?" if close else f"see {EXAMPLE} for the known names"
+            hint = (
+                f"did you mean {close[0]}?"
+                if close
+                else f"see {EXAMPLE} (in loadshed/examples/) for the known names"
+            )
             raise ConfigError(path, lines.get(name), f"unknown setting {name}", hint)
         values[name] = value
     for name in SECRETS:
@@ -644,14 +648,9 @@ def _read(path: Path) -> str:
     try:
         return path.read_text(encoding="utf-8")
     except FileNotFoundError:
-        example = path.parent / EXAMPLE
-        how = f"cp {example} {path}" if example.exists() else f"copy {EXAMPLE} to {path}"
-        raise ConfigError(
-            path,
-            None,
-            "no such file",
-            f"create it: {how}, then edit it (chmod 600: it holds passwords)",
-        ) from None
+        from loadshed.setup_files import how_to_create
+
+        raise ConfigError(path, None, "no such file", how_to_create(path)) from None
     except IsADirectoryError:
         raise ConfigError(path, None, "is a directory, not a config file") from None
     except PermissionError:

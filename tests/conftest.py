@@ -39,6 +39,8 @@ socket.socket.sendto = _loopback_sendto  # type: ignore[method-assign,assignment
 # The default state dir (check's trust.json and outbox) is a private temporary one: the test
 # run never writes into the real ~/.local/state/loadshed.
 os.environ["XDG_STATE_HOME"] = tempfile.mkdtemp(prefix="loadshed-test-state-")
+# And the config dir an installed loadshed looks in when there is no ./config.py.
+os.environ["XDG_CONFIG_HOME"] = tempfile.mkdtemp(prefix="loadshed-test-config-")
 # So is the runtime dir where daemons claim their house (short: a socket path fits 107 bytes).
 os.environ["XDG_RUNTIME_DIR"] = tempfile.mkdtemp(prefix="ls-run-")
 

@@ -212,12 +212,14 @@ def test_bad_computers_line_is_exit_2(config: Path, tmp_path: Path) -> None:
 
 
 def test_missing_config_is_exit_2_and_says_how_to_make_one(tmp_path: Path) -> None:
+    """No ./config.py: an installed loadshed looks in the user config dir, and says how to
+    make one there — with no clone to copy the example from."""
     result = run_loadshed("check", cwd=tmp_path)
     assert result.code == 2
-    assert result.err.splitlines() == [
-        "loadshed: config.py: no such file — create it: copy config.example.py to config.py, "
-        "then edit it (chmod 600: it holds passwords)"
-    ]
+    expected = Path(os.environ["XDG_CONFIG_HOME"]) / "loadshed" / "config.py"
+    [line] = result.err.splitlines()
+    assert line.startswith(f"loadshed: {expected}: no such file — create it: `loadshed init")
+    assert "config.example.py, shipped in loadshed/examples/" in line
 
 
 def test_check_with_everything_down_is_exit_1_not_a_crash(tmp_path: Path) -> None:

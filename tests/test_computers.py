@@ -11,6 +11,7 @@ from loadshed.errors import ConfigError
 from loadshed.model import Kind
 
 ROOT = Path(__file__).parent.parent
+SHIPPED = ROOT / "loadshed" / "examples" / "computers.txt"  # what `loadshed init` writes
 PATH = Path("computers.txt")
 
 DESIGN_EXAMPLE = """\
@@ -57,10 +58,10 @@ def test_design_example_parses_into_typed_values() -> None:
 
 
 def test_shipped_computers_txt_is_all_comments() -> None:
-    assert load_computers(ROOT / "computers.txt") == ()
+    assert load_computers(SHIPPED) == ()
     uncommented = "\n".join(
         line.lstrip("# ")
-        for line in (ROOT / "computers.txt").read_text().splitlines()
+        for line in (SHIPPED).read_text().splitlines()
         if line.startswith(("# linux", "# solaris", "# macos", "# windows"))
     )
     assert [c.name for c in parse_computers(uncommented, PATH)] == [
