@@ -217,6 +217,7 @@ def main(
 
 
 def _check(args: argparse.Namespace, env: Mapping[str, str], out: TextIO, err: TextIO) -> int:
+    from loadshed import lint
     from loadshed.check import format_table, run_check
     from loadshed.computers import check_power_rules, load_computers
     from loadshed.config import load_config
@@ -230,6 +231,13 @@ def _check(args: argparse.Namespace, env: Mapping[str, str], out: TextIO, err: T
     computers = load_computers(computers_path, required=args.computers is not None)
     check_power_rules(computers, config.rule_for, computers_path)
     redact_secrets(config.secrets())
+    unfilled = lint.placeholders(config)
+    if unfilled:  # the example's values: reaching them would only confuse
+        print(f"fill in {config.path}: it still has the example's values", file=out)
+        for line in unfilled:
+            print(f"  - {line}", file=out)
+        print("then run `loadshed check` again (nothing was contacted)", file=out)
+        return ExitCode.FAILURE
     trust = Trust((config.state_dir or default_state_dir()) / TRUST_FILE)
     if args.trust_powerwall:
         old = trust.forget(str(config.powerwall))
@@ -238,8 +246,13 @@ def _check(args: argparse.Namespace, env: Mapping[str, str], out: TextIO, err: T
     report = asyncio.run(run_check(config, computers, computers_path, trust=trust))
     # The table goes through the same redaction as the log: a device may echo a secret.
     print(redact(format_table(report.rows)), file=out)
-    for warning in report.warnings:
+    rules = {r.name: config.rule_for(r.name) for r in report.rows if r.rule}
+    safety = lint.safety(config, rules, computers, lint.monitor_names())
+    for warning in (*report.warnings, *safety):
         print(redact(f"warning: {warning}"), file=out)
+    alerts = lint.alert_problems(config)
+    for problem in alerts:
+        print(redact(f"problem: {problem}"), file=out)
     outbox = waiting(config.state_dir or default_state_dir())
     if outbox:
         print(f"alerts: {outbox} waiting in the outbox (loadshed run sends them)", file=out)
@@ -251,7 +264,7 @@ def _check(args: argparse.Namespace, env: Mapping[str, str], out: TextIO, err: T
             f"\n{len(unreachable)} of {len(report.rows)} not OK: {', '.join(unreachable)}", file=out
         )
         return ExitCode.FAILURE
-    if report.problems:
+    if report.problems or alerts:
         print(f"\nall {len(report.rows)} reachable, but the config needs fixing", file=out)
         return ExitCode.FAILURE
     print(f"\nall {len(report.rows)} reachable", file=out)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -12,10 +13,13 @@ from pathlib import Path
 
 import pytest
 
+from loadshed.cli import main
 from loadshed.sim.base import Fault
 from loadshed.sim.house import SimHouse
 from loadshed.sim.ssh import SshHost, combined_ssh_config
 from loadshed.trust import TRUST_FILE, Trust
+
+ROOT = Path(__file__).parents[1]
 
 CHECK_TIMEOUT_S = 60  # a hung device costs check a few seconds; never this
 
@@ -298,3 +302,46 @@ def test_check_s_table_goes_through_the_same_redaction_as_the_log(
     result = run_loadshed("check", "--config", str(config), cwd=tmp_path)
     assert house.password not in result.out + result.err
     assert "***" in result.out
+
+
+# --- what check says beyond reaching things -------------------------------------------------
+
+
+def test_the_example_unchanged_says_fill_it_in_and_contacts_nothing(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """In-process, under pytest-socket: reaching any of the example's addresses would fail."""
+    config = tmp_path / "config.py"
+    shutil.copy(ROOT / "config.example.py", config)
+    config.chmod(0o600)
+    code = main(["check", "--config", str(config)], {})
+    out = capsys.readouterr().out
+    assert code == 1
+    assert out.startswith(f"fill in {config}: it still has the example's values")
+    assert "PWPASS is the example's" in out
+    assert "KASA_HOSTS has the example address 192.0.2.20" in out
+    assert "TUYA_DEVICES has the example plug 'Space heater'" in out
+    assert "nothing was contacted" in out
+
+
+def test_network_gear_that_would_be_shed_and_a_dead_sms_gateway_are_warned_about(
+    house: SimHouse, config: Path, tmp_path: Path
+) -> None:
+    text = config.read_text().replace("'Router': 0, ", "")
+    config.write_text(text + 'MAILNOTIF = "5551234567@tmomail.net"\nSMTP_HOST = "127.0.0.1"\n')
+    result = run_loadshed("check", "--config", str(config), cwd=tmp_path)
+    assert "warning: Router looks like network gear and would be shed" in result.out
+    assert "SHED_BELOW['Router'] = 0" in result.out
+    assert "warning: MAILNOTIF uses tmomail.net: T-Mobile stopped delivering" in result.out
+
+
+def test_an_alert_path_that_cannot_work_is_a_problem(
+    house: SimHouse, config: Path, tmp_path: Path
+) -> None:
+    config.write_text(
+        config.read_text() + 'MAILNOTIF = "owner@example.com"\nNOTIFY_URLS = ["bogus://x"]\n'
+    )
+    result = run_loadshed("check", "--config", str(config), cwd=tmp_path)
+    assert result.code == 1
+    assert "problem: MAILNOTIF is set but SMTP_HOST is not" in result.out
+    assert "problem: NOTIFY_URLS entry 1 (bogus://…): Apprise cannot use it" in result.out
