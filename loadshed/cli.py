@@ -31,8 +31,27 @@ class _Parser(argparse.ArgumentParser):
         raise ConfigError(None, None, f"{self.prog}: {message}", f"see `{self.prog} --help`")
 
 
+DESCRIPTION = """\
+loadshed watches a Tesla Powerwall and, when the house goes off-grid, switches off the
+plugs and shuts down the computers you marked as not essential, so the battery lasts; when
+the grid is back and stable it brings back exactly what it switched off, and it tells you.
+
+First time? `loadshed demo` shows it on a simulated house (no hardware, no config); then
+`loadshed init` writes your config.py, and `loadshed check` reaches every device once."""
+EPILOG = """\
+config.py is ./config.py if there is one, else config.py in your user config dir
+(~/.config/loadshed on Linux); state (state.json, events.log, the control socket) is in
+~/.local/state/loadshed unless STATE_DIR or --state-dir says otherwise. Each verb has its
+own --help."""
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="loadshed", description=__doc__.splitlines()[0] if __doc__ else None)
+    parser = _Parser(
+        prog="loadshed",
+        description=DESCRIPTION,
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--version", action="version", version=f"loadshed {__version__}")
     parser.add_argument("--debug", action="store_true", help="show debug logs and tracebacks")
     verbs = parser.add_subparsers(dest="verb", required=True, parser_class=_Parser)
@@ -149,7 +168,12 @@ def main(
     env = os.environ if env is None else env
     out = stdout or sys.stdout
     err = stderr or sys.stderr
-    debug = "--debug" in (argv if argv is not None else sys.argv[1:])
+    arguments = list(argv if argv is not None else sys.argv[1:])
+    debug = "--debug" in arguments
+    if not arguments:  # bare `loadshed`: what it is, and where to start
+        print(DESCRIPTION, file=out)
+        print("\nAll the verbs: loadshed --help", file=out)
+        return ExitCode.OK
     try:
         try:
             args = _parser().parse_args(argv)

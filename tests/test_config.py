@@ -318,6 +318,22 @@ def test_usage_error_is_exit_2(tmp_path: Path) -> None:
     assert "Traceback" not in err.getvalue()
 
 
+def test_bare_loadshed_says_what_it_is_and_where_to_start() -> None:
+    out = io.StringIO()
+    assert main([], env={}, stdout=out, stderr=io.StringIO()) == 0
+    said = out.getvalue()
+    assert said.startswith("loadshed watches a Tesla Powerwall")
+    assert said.index("loadshed demo") < said.index("loadshed init") < said.index("loadshed check")
+
+
+def test_every_verb_says_in_one_line_what_it_does(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["--help"], env={}, stdout=io.StringIO(), stderr=io.StringIO()) == 0
+    printed = capsys.readouterr().out  # argparse writes its help to sys.stdout
+    verbs = "check run shed restore pin status attach init notify-test demo".split()
+    helped = {line.split()[0] for line in printed.splitlines() if line.startswith("    ")}
+    assert set(verbs) <= helped
+
+
 def test_config_type_is_frozen(tmp_path: Path) -> None:
     config = load_config(write(tmp_path, MINIMAL), {})
     with pytest.raises(AttributeError):
