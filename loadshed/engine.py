@@ -352,6 +352,17 @@ class Engine:
         if self._tasks:
             await asyncio.wait(list(self._tasks), timeout=QUIT_WAIT_S)
         self._flush()
+        if self.state.shed and self._started and not self.dry_run:
+            names = ", ".join(sorted(self.state.shed))
+            until = (
+                "until `loadshed restore`"
+                if self.memory.hold
+                else "and the next `loadshed run` restores them once the grid is back"
+            )
+            self._say(
+                f"stopping with {len(self.state.shed)} devices switched off ({names}): they "
+                f"stay off, {until}"
+            )
         await asyncio.gather(
             self.registry.close(),
             self.grid.close(),
@@ -584,10 +595,28 @@ class Engine:
             )
         return views
 
+    def _say_waits(self, before: policy.Decision, now: policy.Decision) -> None:
+        """Say what loadshed is waiting for, once, when a wait begins: a plain log has no
+        countdown on screen."""
+        clock = self.clock()
+        if now.restore_at is not None and before.restore_at is None and self.state.shed:
+            self._say(
+                f"grid back: restoring {len(self.state.shed)} devices in "
+                f"{now.restore_at - clock:.0f} s if it stays"
+            )
+        if now.shed_at is not None and before.shed_at is None:
+            self._say(f"off grid: shedding in {now.shed_at - clock:.0f} s unless the grid returns")
+        if now.disagree_until is not None and before.disagree_until is None:
+            self._say(
+                f"acting on the Powerwall in {now.disagree_until - clock:.0f} s if the "
+                "sources still disagree"
+            )
+
     def _take(
         self, decision: policy.Decision, battery_pct: float | None, *, forced: bool = False
     ) -> None:
         """Adopt the decision's memory and start its actions."""
+        self._say_waits(self._decision, decision)
         self._decision = decision
         held = dict(decision.held)
         for name, why in held.items():

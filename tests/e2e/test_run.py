@@ -59,6 +59,7 @@ def test_outage_sheds_then_grid_back_restores_exactly_what_was_shed(
 
     house.restore_grid()
     wait_until("every shed plug back on", all_on(house, SHEDDABLE))
+    assert daemon.saw(f"grid back: restoring 4 devices in {RESTORE_S:.0f} s if it stays")
     assert not house.is_on("Desk lamp"), "a plug off before the outage was switched on"
     wait_until("state.json empty", lambda: state(tmp_path)["shed"] == {})
     daemon.wait_for_line("restore finished: 4 done")
@@ -272,6 +273,8 @@ def test_sigterm_stops_cleanly_and_the_state_dir_is_private(
     house.cut_grid()
     wait_until("shed", all_off(house, SHEDDABLE))
     assert daemon.stop(signal.SIGINT) == 0
+    assert daemon.saw("stopping with 4 devices switched off (Monitor, Printer, Space heater, TV)")
+    assert daemon.saw("the next `loadshed run` restores them once the grid is back")
     state_dir = tmp_path / "state"
     assert state_dir.stat().st_mode & 0o777 == 0o700
     assert (state_dir / "state.json").stat().st_mode & 0o777 == 0o600
