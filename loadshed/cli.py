@@ -119,6 +119,22 @@ def _parser() -> argparse.ArgumentParser:
     _add_config_args(notify_test)
     notify_test.add_argument("--state-dir", type=Path, default=None, help="where the outbox lives")
 
+    discover = verbs.add_parser(
+        "discover",
+        help="find Kasa and Tuya plugs (LAN, --target, Tuya cloud): config lines to paste",
+    )
+    discover.add_argument("--config", type=Path, default=Path("config.py"), help="(./config.py)")
+    discover.add_argument(
+        "--target",
+        action="append",
+        default=[],
+        metavar="ADDRESS",
+        help="ask only this Kasa address, host or host:port (repeatable; default: broadcast)",
+    )
+    discover.add_argument(
+        "--show-keys", action="store_true", help="print the Tuya local keys (hidden otherwise)"
+    )
+
     demo = verbs.add_parser(
         "demo",
         help="a simulated house on 127.0.0.1 behind the live screen (g cuts the grid); "
@@ -222,6 +238,10 @@ def main(
         configure_logging(err, debug=args.debug, level=logging.ERROR)
         if args.verb == "check":
             return _check(args, env, out, err)
+        if args.verb == "discover":
+            from loadshed import discover as discovering
+
+            return discovering.main(args, env, out)
         raise ConfigError(None, None, f"unknown verb {args.verb!r}")
     except ConfigError as error:
         print(f"loadshed: {error}", file=err)
@@ -275,6 +295,9 @@ def _check(args: argparse.Namespace, env: Mapping[str, str], out: TextIO, err: T
     for warning in (*report.warnings, *safety):
         print(redact(f"warning: {warning}"), file=out)
     alerts = lint.alert_problems(config)
+    smtp = lint.smtp_problem(config)
+    if smtp is not None:
+        alerts.append(smtp)
     for problem in alerts:
         print(redact(f"problem: {problem}"), file=out)
     outbox = waiting(config.state_dir or default_state_dir())

@@ -116,6 +116,20 @@ def monitor_names() -> list[str]:
     return names
 
 
+def smtp_problem(config: Config) -> str | None:
+    """Why the email alerts would not go out — the server silent, TLS refused, the login
+    rejected — found by doing all of a send but the send; None when they would. Blocking."""
+    if not (config.mail_to and config.smtp_host):
+        return None
+    from loadshed.notify.channels import SendError, SmtpChannel
+
+    try:
+        SmtpChannel.from_config(config).probe()
+    except SendError as err:
+        return f"email alerts to {config.mail_to} would fail: {err}"
+    return None
+
+
 def alert_problems(config: Config) -> list[str]:
     """An alert path that cannot work, found without sending anything."""
     problems = []

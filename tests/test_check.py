@@ -18,6 +18,7 @@ from loadshed.sim.base import Fault
 from loadshed.sim.house import SimHouse
 from loadshed.sim.ssh import SshHost, combined_ssh_config
 from loadshed.trust import TRUST_FILE, Trust
+from tests.test_notify import SMTP_PASSWORD, SMTP_USER, SmtpSink
 
 ROOT = Path(__file__).parents[1]
 
@@ -345,3 +346,38 @@ def test_an_alert_path_that_cannot_work_is_a_problem(
     assert result.code == 1
     assert "problem: MAILNOTIF is set but SMTP_HOST is not" in result.out
     assert "problem: NOTIFY_URLS entry 1 (bogus://…): Apprise cannot use it" in result.out
+
+
+@pytest.mark.parametrize(
+    ("password", "said"),
+    [
+        (SMTP_PASSWORD, None),
+        ("not-the-smtp-password", "SMTP login rejected"),
+        (None, "refused the connection"),  # the server is down
+    ],
+    ids=["logs-in", "login-refused", "server-down"],
+)
+def test_check_tries_the_email_path_without_sending(
+    house: SimHouse, config: Path, tmp_path: Path, password: str | None, said: str | None
+) -> None:
+    sink = SmtpSink(auth=True)
+    if password is not None:
+        sink.start()
+    try:
+        config.write_text(
+            config.read_text()
+            + f"MAILNOTIF = 'owner@example.com'\nSMTP_HOST = '127.0.0.1'\nSMTP_PORT = {sink.port}\n"
+            f"SMTP_STARTTLS = False\nSMTP_USER = {SMTP_USER!r}\n"
+            f"SMTP_PASSWORD = {password or 'unused-pw'!r}\n"
+        )
+        result = run_loadshed("check", "--config", str(config), cwd=tmp_path)
+    finally:
+        sink.stop()
+    assert sink.messages == []  # nothing was sent
+    if said is None:
+        assert result.code == 0, result.out
+        assert "email alerts" not in result.out
+    else:
+        assert result.code == 1
+        assert "problem: email alerts to owner@example.com would fail: " in result.out
+        assert said in result.out

@@ -184,7 +184,14 @@ class SmtpChannel:
         return msg
 
     def send(self, note: Note) -> None:
-        msg = self.compose(note)
+        self._run(self.compose(note))
+
+    def probe(self) -> None:
+        """Everything a send does but the send: connect, TLS, log in, quit. SendError says why
+        it would fail (`loadshed check`)."""
+        self._run(None)
+
+    def _run(self, msg: EmailMessage | None) -> None:
         try:
             self._deliver(msg)
         except SendError:
@@ -236,7 +243,7 @@ class SmtpChannel:
                 f"cannot reach {self.host}:{self.port} ({err.strerror or err})"
             ) from err
 
-    def _deliver(self, msg: EmailMessage) -> None:
+    def _deliver(self, msg: EmailMessage | None) -> None:
         context = ssl.create_default_context()
         smtp: smtplib.SMTP
         if self.implicit_tls:
@@ -275,7 +282,8 @@ class SmtpChannel:
                         "check SMTP_STARTTLS and SMTP_PORT, or leave SMTP_USER empty"
                     )
                 smtp.login(self.user, self.password)
-            smtp.send_message(msg)
+            if msg is not None:
+                smtp.send_message(msg)
 
 
 def _said(reply: bytes | str) -> str:
