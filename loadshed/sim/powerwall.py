@@ -246,21 +246,9 @@ class PowerwallSim(SimDevice):
         self._sessions.clear()
 
     async def _listen(self, host: str, port: int) -> Closer:
-        app = web.Application()
-        app.router.add_route("*", "/{tail:.*}", self._handle)
-        runner = web.AppRunner(
-            app, handler_cancellation=True, access_log=None, shutdown_timeout=SHUTDOWN_GRACE_S
-        )
-        await runner.setup()
-        site = web.TCPSite(runner, host, port, ssl_context=self.ssl_context)
-        try:
-            await site.start()
-        except BaseException:
-            await runner.cleanup()
-            raise
-        self.port = runner.addresses[0][1]
+        closer, self.port = await serve_https(self._handle, host, port, self.ssl_context)
         _LOG.debug("Simulated Powerwall listening on https://%s", self.endpoint)
-        return RunnerCloser(runner)
+        return closer
 
     async def _handle(self, request: web.Request) -> web.StreamResponse:
         path = request.path.removeprefix("/api/")
@@ -435,6 +423,25 @@ class PowerwallSim(SimDevice):
                 json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
             )
         return copy.deepcopy(self._files[name])
+
+
+async def serve_https(
+    handle: Handler, host: str, port: int, ssl_context: ssl.SSLContext
+) -> tuple[RunnerCloser, int]:
+    """Serve every path of host:port over HTTPS with handle; the closer and the bound port."""
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", handle)
+    runner = web.AppRunner(
+        app, handler_cancellation=True, access_log=None, shutdown_timeout=SHUTDOWN_GRACE_S
+    )
+    await runner.setup()
+    site = web.TCPSite(runner, host, port, ssl_context=ssl_context)
+    try:
+        await site.start()
+    except BaseException:
+        await runner.cleanup()
+        raise
+    return RunnerCloser(runner), runner.addresses[0][1]
 
 
 class RunnerCloser:

@@ -62,9 +62,8 @@ from loadshed.sim.powerwall import (
     NOMINAL_HZ,
     NOMINAL_VOLTS,
     NOT_FOUND_TEXT,
-    SHUTDOWN_GRACE_S,
-    RunnerCloser,
     self_signed_context,
+    serve_https,
 )
 
 _LOG = logging.getLogger(__name__)
@@ -216,21 +215,9 @@ class TedapiSim(SimDevice):
         }
 
     async def _listen(self, host: str, port: int) -> Closer:
-        app = web.Application()
-        app.router.add_route("*", "/{tail:.*}", self._handle)
-        runner = web.AppRunner(
-            app, handler_cancellation=True, access_log=None, shutdown_timeout=SHUTDOWN_GRACE_S
-        )
-        await runner.setup()
-        site = web.TCPSite(runner, host, port, ssl_context=self.ssl_context)
-        try:
-            await site.start()
-        except BaseException:
-            await runner.cleanup()
-            raise
-        self.port = runner.addresses[0][1]
+        closer, self.port = await serve_https(self._handle, host, port, self.ssl_context)
         _LOG.debug("Simulated TEDAPI gateway listening on https://%s", self.endpoint)
-        return RunnerCloser(runner)
+        return closer
 
     async def _handle(self, request: web.Request) -> web.StreamResponse:
         self.requests[f"{request.method} {request.path}"] += 1
