@@ -20,7 +20,9 @@ from loadshed.devices import DEVICE_TIMEOUT_S, PLUG_KINDS, Device, Registry
 from loadshed.drivers.computer import ComputerSwitch
 from loadshed.errors import ConfigError
 from loadshed.model import Grid, GridReading, Kind, Outcome, Power, Status
+from loadshed.state import default_state_dir
 from loadshed.trust import Trust
+from loadshed.tuyakeys import KeyCheck
 
 HEADERS: Final = ("name", "kind", "address", "reachable", "state", "rule")
 
@@ -58,14 +60,18 @@ async def run_check(
     computers_path: Path = Path("computers.txt"),
     *,
     trust: Trust | None = None,
+    state_dir: Path | None = None,
 ) -> Report:
     """Reach everything once, concurrently; return one row per device.
 
+    A Tuya plug with a wrong local key gets the Tuya cloud's current one when the TUYAAPI*
+    values are set (kept in state_dir's tuya-keys.json), or a detail saying how to get it.
     Raises ConfigError when a computer's powered_by names no plug of the house.
     """
     registry = Registry(
         config, computers, computers_path=computers_path, timeout_s=DEVICE_TIMEOUT_S
     )
+    keys = KeyCheck(registry, config, state_dir or config.state_dir or default_state_dir())
     powerwall = sources.primary(config, trust)
     others = [s for s in sources.secondaries(config, registry) if not isinstance(s, CanarySource)]
     try:
@@ -73,7 +79,7 @@ async def run_check(
             _powerwall_row(powerwall, config, trust),
             asyncio.gather(*(_computer_row(registry.devices[c.name], c) for c in computers)),
             asyncio.gather(*(_source_row(s) for s in others)),
-            _reach_plugs(registry),
+            _reach_plugs(registry, keys),
         )
         if config.grid_canary:
             other_rows = [_canary_row(CanarySource(config.grid_canary, registry)), *other_rows]
@@ -111,6 +117,7 @@ async def run_check(
     )
     warnings = (
         *config.warnings,
+        *keys.notes,
         *(
             f"{c.name} ({computers_path.name}:{c.line}) will not come back after an outage "
             "by itself: add mac= (Wake-on-LAN) or powered_by= (the plug that feeds it)"
@@ -121,9 +128,10 @@ async def run_check(
     return Report(rows, warnings, tuple(registry.rule_typos()))
 
 
-async def _reach_plugs(registry: Registry) -> None:
+async def _reach_plugs(registry: Registry, keys: KeyCheck) -> None:
     await registry.connect_pending()
     await registry.read([n for n, d in registry.devices.items() if d.switch.kind in PLUG_KINDS])
+    await keys.mend()  # a Tuya plug with a wrong local key: the cloud's current one
 
 
 API_NAMES: Final = {"legacy": "legacy API", "tedapi": "TEDAPI", "v1r": "TEDAPI v1r"}

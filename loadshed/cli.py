@@ -123,7 +123,9 @@ def _parser() -> argparse.ArgumentParser:
         "discover",
         help="find Kasa and Tuya plugs (LAN, --target, Tuya cloud): config lines to paste",
     )
-    discover.add_argument("--config", type=Path, default=Path("config.py"), help="(./config.py)")
+    discover.add_argument(
+        "--config", type=Path, default=None, help="(./config.py, else the user config dir's)"
+    )
     discover.add_argument(
         "--target",
         action="append",

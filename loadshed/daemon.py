@@ -32,6 +32,8 @@ from loadshed.monitor import Monitor
 from loadshed.notify import Notifier
 from loadshed.policy import ESSENTIAL
 from loadshed.state import EVENTS_LOGGER, StateStore, default_state_dir
+from loadshed.tuyacloud import KeyCache
+from loadshed.tuyakeys import use_cached_keys
 
 _LOG = logging.getLogger(__name__)
 
@@ -212,6 +214,8 @@ async def _one_shot(setup: Setup, command: Command, dry_run: bool, out: TextIO) 
         computers_path=setup.computers_path,
         dry_run=dry_run,
     )
+    if setup.store is not None:  # Tuya keys the cloud gave since config.py was written
+        use_cached_keys(engine.registry, setup.config, KeyCache(setup.store.dir))
     try:
         await engine.start()
         if command.kind is CommandKind.PIN and command.device not in engine.registry.devices:

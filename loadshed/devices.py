@@ -13,13 +13,13 @@ import asyncio
 import difflib
 import logging
 import math
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final
 
 from loadshed.computers import Computer
-from loadshed.config import Config
+from loadshed.config import Config, TuyaDevice
 from loadshed.drivers import Switch
 from loadshed.drivers.computer import ComputerSwitch
 from loadshed.drivers.kasa import KasaHost
@@ -91,6 +91,15 @@ class Clash:
 
 
 @dataclass
+class _TuyaSlot:
+    """A Tuya plug's device, its TUYA_DEVICES entry and the local key it uses now."""
+
+    device: Device
+    entry: TuyaDevice
+    key: str = field(repr=False)
+
+
+@dataclass
 class Placeholder:
     """A Kasa host that has not answered yet: its outlets and their names are unknown."""
 
@@ -129,19 +138,10 @@ class Registry:
             for h in config.kasa_hosts
         ]
         self._executor = tuya_executor(len(config.tuya_devices))
+        self._tuya: list[_TuyaSlot] = []  # each Tuya plug, its TUYA_DEVICES entry, its key
         for d in config.tuya_devices:
-            plug = TuyaPlug(
-                d.name,
-                d.id,
-                d.ip,
-                d.key,
-                d.version,
-                port=d.port,
-                dps=d.dps,
-                timeout_s=timeout_s,
-                executor=self._executor,
-            )
-            self._add(plug)
+            device = self._add(self._tuya_plug(d, d.key))
+            self._tuya.append(_TuyaSlot(device, d, d.key))
         self.resolver = Resolver(config.ssh_config)  # one `ssh -G` cache for every computer
         for computer in computers:
             switch = ComputerSwitch(
@@ -153,6 +153,43 @@ class Registry:
             rule = computer.shed_below
             self._add(switch, config.rule_for(computer.name) if rule is None else rule)
         self._link_power()
+
+    def _tuya_plug(self, entry: TuyaDevice, key: str) -> TuyaPlug:
+        return TuyaPlug(
+            entry.name,
+            entry.id,
+            entry.ip,
+            key,
+            entry.version,
+            port=entry.port,
+            dps=entry.dps,
+            timeout_s=self.timeout_s,
+            executor=self._executor,
+        )
+
+    def use_keys(self, keys: Mapping[str, str]) -> list[str]:
+        """Give Tuya plugs other local keys, by device id: one fetched from the Tuya cloud (a
+        plug paired again in its app gets a new key), or config.py's again. Return the names
+        of the plugs that changed; a call in flight ends on the plug it started on."""
+        changed = []
+        for slot in self._tuya:
+            key = keys.get(slot.entry.id)
+            if key is None or key == slot.key:
+                continue
+            plug = self._tuya_plug(slot.entry, key)
+            plug.name = slot.device.switch.name  # a clash may have renamed it
+            slot.device.switch, slot.key = plug, key
+            slot.device.epoch += 1  # a read begun on the old plug must not overwrite the next
+            changed.append(plug.name)
+            if key == slot.entry.key:
+                _LOG.info("%s: using the local key in config.py again", plug.name)
+            else:
+                _LOG.info(
+                    "%s: using the local key fetched from the Tuya cloud (cached in the state "
+                    "dir), not the older one in config.py",
+                    plug.name,
+                )
+        return changed
 
     def _add(self, switch: Switch, rule: int | None = None) -> Device:
         name = switch.name

@@ -25,6 +25,7 @@ from loadshed.errors import LoadshedError
 from loadshed.model import Event, Grid, GridReading, Status
 from loadshed.notify import Notifier
 from loadshed.state import StateStore
+from loadshed.tuyakeys import start_key_refresh
 
 _LOG = logging.getLogger(__name__)
 
@@ -132,6 +133,9 @@ class Monitor:
             on_snapshot=publish,
         )
         self._engine = engine
+        # Tuya local keys from the cloud: the cached ones now, a refresh at start and daily.
+        state_dir = self.store.dir if self.store is not None else None
+        keys = start_key_refresh(engine.registry, self.config, state_dir)
         if self.store is not None:  # a dry run has no state dir, and claims no house
             server = ControlServer(
                 engine,
@@ -160,6 +164,8 @@ class Monitor:
             systemd.send("STOPPING=1")
             if watchdog is not None:
                 watchdog.cancel()
+            if keys is not None:
+                keys.cancel()
             if server is not None:
                 await server.close()
             await engine.close()

@@ -329,7 +329,8 @@ def test_bare_loadshed_says_what_it_is_and_where_to_start() -> None:
 def test_every_verb_says_in_one_line_what_it_does(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["--help"], env={}, stdout=io.StringIO(), stderr=io.StringIO()) == 0
     printed = capsys.readouterr().out  # argparse writes its help to sys.stdout
-    verbs = "check run shed restore pin status attach init notify-test demo".split()
+    verbs = ["check", "run", "shed", "restore", "pin", "status", "attach", "init", "discover"]
+    verbs += ["notify-test", "demo"]
     helped = {line.split()[0] for line in printed.splitlines() if line.startswith("    ")}
     assert set(verbs) <= helped
 

@@ -167,6 +167,14 @@ class TuyaPlugSim(SimDevice):
 
     # -- state ---------------------------------------------------------------------------
 
+    def set_key(self, local_key: str) -> None:
+        """Pair the plug again (the Smart Life app does this): a new local key, the old one
+        refused from now on."""
+        key = local_key.encode("latin1")
+        if len(key) != KEY_BYTES:
+            raise ValueError("a Tuya local key is 16 characters")
+        self._key = key
+
     def dps(self) -> dict[str, object]:
         """Return every data point as the plug reports it now, in dp order."""
         now = dict(self._extra)
