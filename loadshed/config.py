@@ -37,6 +37,7 @@ SECRETS: Final = frozenset(
         "TUYAAPISECRET",
         "WINDOWS_PASSWORD",
         "NUT_PASSWORD",
+        "WEB_TOKEN",
     }
 )
 POWERWALL_APIS: Final = ("legacy", "tedapi", "v1r")
@@ -49,6 +50,7 @@ TUYA_PORT: Final = 6668
 EXAMPLE: Final = "config.example.py"
 
 MIN_SECRET_CHARS: Final = 3  # shorter secrets would mask ordinary words in messages
+MIN_WEB_TOKEN_CHARS: Final = 16  # the phone page's commands: too long to guess over the LAN
 EXEC_TIMEOUT_S: Final = 5.0  # running config.py: setting values takes milliseconds
 _HOST_RE: Final = re.compile(r"^[A-Za-z0-9_]([A-Za-z0-9._-]*[A-Za-z0-9])?$")
 
@@ -133,6 +135,8 @@ class Config:
     nut_password: str = field(default="", repr=False)
     ssh_config: Path | None = None
     state_dir: Path | None = None
+    web_listen: HostPort | None = None  # the phone page's address and port; None: no page
+    web_token: str = field(default="", repr=False)  # the phone page's commands need it
     warnings: tuple[str, ...] = ()  # things worth fixing that do not stop loadshed
 
     def secrets(self) -> tuple[str, ...]:
@@ -145,6 +149,7 @@ class Config:
             self.windows_password,
             self.gateway_password,
             self.nut_password,
+            self.web_token,
             *(d.key for d in self.tuya_devices),
         )
         return tuple(v for v in values if v)
@@ -340,6 +345,36 @@ def _address(value: Any, where: _Where) -> HostPort:
         return parse_host_port(text)
     except ValueError as err:
         raise where.error(value, f"a host or host:port ({err})") from err
+
+
+def _listen(value: Any, where: _Where) -> HostPort | None:
+    text = _text(value, where)
+    if not text:
+        return None
+    expected = '"address:port", like "0.0.0.0:8470", "192.168.1.10:8470" or "[::]:8470"'
+    if text.isdigit():
+        raise where.error(value, f'{expected} (a port alone: "0.0.0.0:{text}" is every address)')
+    try:
+        address = parse_host_port(text)
+    except ValueError as err:
+        raise where.error(value, f"{expected} ({err})") from err
+    if address.port is None:
+        raise where.error(value, f"{expected} (no port)")
+    return address
+
+
+def _token(value: Any, where: _Where) -> str:
+    text = _text(value, where)
+    fine = all("!" <= c <= "~" for c in text)  # sent in an HTTP header: visible ASCII only
+    if text and (len(text) < MIN_WEB_TOKEN_CHARS or not fine):
+        raise ConfigError(
+            where.path,
+            where.line,
+            f"{where.name} must be at least {MIN_WEB_TOKEN_CHARS} characters of visible ASCII, "
+            "no spaces",
+            "make one with: python3 -c 'import secrets; print(secrets.token_urlsafe(24))'",
+        )
+    return text
 
 
 def _kasa_hosts(value: Any, where: _Where) -> tuple[HostPort, ...]:
@@ -540,6 +575,8 @@ VARIABLES: Final[dict[str, _Var]] = {
     "NUT_PASSWORD": _Var(_text, "", "text"),
     "SSH_CONFIG": _Var(_path, None, ""),
     "STATE_DIR": _Var(_path, None, ""),
+    "WEB_LISTEN": _Var(_listen, None, ""),
+    "WEB_TOKEN": _Var(_token, "", "text"),
 }
 
 _FIX: Final = {
@@ -640,6 +677,8 @@ def load_config(path: Path, env: Mapping[str, str] | None = None) -> Config:
         nut_password=checked["NUT_PASSWORD"],
         ssh_config=checked["SSH_CONFIG"],
         state_dir=checked["STATE_DIR"],
+        web_listen=checked["WEB_LISTEN"],
+        web_token=checked["WEB_TOKEN"],
         warnings=_permission_warnings(path),
     )
 

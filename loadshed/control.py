@@ -23,6 +23,9 @@ PARTIAL_LINE_S is told why and disconnected; one that stops reading is disconnec
 unsent data has waited STALL_S. The daemon never waits on a client: snapshots are sent latest
 first (a slow screen skips the ones it missed), and the engine only sets a flag per client.
 
+Running a command and reporting its outcomes (`command_of`, `run_command`) is shared with the
+phone page (web.py), which answers over HTTP what this socket sends as lines.
+
 Must not: block the engine's loop, accept a peer of another uid, or put a secret on the wire
 (snapshots never hold one).
 """
@@ -39,7 +42,7 @@ import socket
 import struct
 import tempfile
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
@@ -196,44 +199,14 @@ class ControlServer:
 
     async def _run_command(self, client: _Client, request_id: str, command: Command) -> None:
         """Obey, say what was asked, then each outcome as it comes, then done."""
-        asked: dict[int, Action] = {}
-        outcomes: asyncio.Queue[tuple[Action, Outcome]] = asyncio.Queue()
 
-        def listen(action: Action, outcome: Outcome) -> None:
-            if id(action) in asked:
-                outcomes.put_nowait((action, outcome))
+        async def report(doc: dict[str, Any]) -> None:
+            await self._send(client, {"type": doc["type"], "id": request_id, **doc})
 
-        self.engine.result_listeners.add(listen)
         try:
-            actions = self.engine.obey(command)
-            asked.update((id(a), a) for a in actions)
-            await self._send(
-                client,
-                {"type": "accepted", "id": request_id, "actions": [encode(a) for a in actions]},
-            )
-            waiting = dict(asked)
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(COMMAND_WAIT_S):
-                    while waiting:
-                        action, outcome = await outcomes.get()
-                        waiting.pop(id(action), None)
-                        await self._send(
-                            client,
-                            {
-                                "type": "outcome",
-                                "id": request_id,
-                                "action": encode(action),
-                                "outcome": encode(outcome),
-                            },
-                        )
-            await self._send(
-                client,
-                {"type": "done", "id": request_id, "waiting": [a.device for a in waiting.values()]},
-            )
+            await run_command(self.engine, command, report)
         except (ConnectionError, TimeoutError):
             client.writer.transport.abort()
-        finally:
-            self.engine.result_listeners.discard(listen)
 
     def _snapshot_line(self) -> bytes:
         snapshot = self._latest or self.engine.snapshot
@@ -297,14 +270,62 @@ async def _requests(reader: asyncio.StreamReader) -> AsyncIterator[dict[str, Any
 
 def _command(request: dict[str, Any]) -> Command:
     op = request["op"]
+    try:
+        return command_of(op, request.get("device"), request.get("pin"), origin=f"loadshed {op}")
+    except ValueError as err:
+        raise _Goodbye(str(err)) from None
+
+
+# --- commands, shared with the phone page (web.py) ------------------------------------------
+
+Report = Callable[[dict[str, Any]], Awaitable[None]]
+
+
+def command_of(op: str, device: object, pin: object, *, origin: str) -> Command:
+    """The Command for op "shed", "restore" or "pin" (with device and pin); ValueError if the
+    pin's fields are not a name and "on", "off" or "auto"."""
     if op == "shed":
-        return Command(CommandKind.FORCE_SHED, origin="loadshed shed")
+        return Command(CommandKind.FORCE_SHED, origin=origin)
     if op == "restore":
-        return Command(CommandKind.FORCE_RESTORE, origin="loadshed restore")
-    device, pin = request.get("device"), request.get("pin")
-    if not isinstance(device, str) or pin not in PINS:
-        raise _Goodbye('pin needs "device" (a name) and "pin": "on", "off" or "auto"')
-    return Command(CommandKind.PIN, origin="loadshed pin", device=device, pin=PINS[pin])
+        return Command(CommandKind.FORCE_RESTORE, origin=origin)
+    if op != "pin":
+        raise ValueError(f"unknown command {op!r}: expected shed, restore or pin")
+    if not isinstance(device, str) or not isinstance(pin, str) or pin not in PINS:
+        raise ValueError('pin needs "device" (a name) and "pin": "on", "off" or "auto"')
+    return Command(CommandKind.PIN, origin=origin, device=device, pin=PINS[pin])
+
+
+async def run_command(
+    engine: Engine, command: Command, report: Report, wait_s: float = COMMAND_WAIT_S
+) -> None:
+    """Obey command (on the engine's loop) and report, in order: what was asked
+    ({"type": "accepted", "actions": [...]}), each outcome as it comes ({"type": "outcome",
+    "action": ..., "outcome": ...}), then {"type": "done", "waiting": [...]}: the devices
+    still switching after wait_s. What report raises ends it; the engine carries on."""
+    asked: dict[int, Action] = {}
+    outcomes: asyncio.Queue[tuple[Action, Outcome]] = asyncio.Queue()
+
+    def listen(action: Action, outcome: Outcome) -> None:
+        if id(action) in asked:
+            outcomes.put_nowait((action, outcome))
+
+    engine.result_listeners.add(listen)
+    try:
+        actions = engine.obey(command)
+        asked.update((id(a), a) for a in actions)
+        await report({"type": "accepted", "actions": [encode(a) for a in actions]})
+        waiting = dict(asked)
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(wait_s):
+                while waiting:
+                    action, outcome = await outcomes.get()
+                    waiting.pop(id(action), None)
+                    await report(
+                        {"type": "outcome", "action": encode(action), "outcome": encode(outcome)}
+                    )
+        await report({"type": "done", "waiting": [a.device for a in waiting.values()]})
+    finally:
+        engine.result_listeners.discard(listen)
 
 
 def _line(doc: dict[str, Any]) -> bytes:

@@ -26,6 +26,7 @@ from loadshed.model import Event, Grid, GridReading, Status
 from loadshed.notify import Notifier
 from loadshed.state import StateStore
 from loadshed.tuyakeys import start_key_refresh
+from loadshed.web import WebServer
 
 _LOG = logging.getLogger(__name__)
 
@@ -149,6 +150,9 @@ class Monitor:
                     "cannot open the control socket (%s): status and attach will not work", err
                 )
                 server = None
+        # The phone page starts beside the engine, never before it: a slow name lookup delays
+        # nobody, and a page that cannot be served is only logged.
+        page = asyncio.create_task(_serve_the_page(engine, self.config))
         self._started.set()
         # The sender shares the loop but never the poll's path: submit() only writes a file.
         notifier = self.notifier
@@ -168,10 +172,38 @@ class Monitor:
                 keys.cancel()
             if server is not None:
                 await server.close()
+            await _close_the_page(page)
             await engine.close()
             if sender is not None:
                 sender.cancel()
                 await asyncio.gather(sender, return_exceptions=True)
+
+
+async def _serve_the_page(engine: Engine, config: Config) -> WebServer | None:
+    """The phone page, when WEB_LISTEN asks for it; None when not, or when it cannot be served
+    (said once, loudly): never a reason not to shed."""
+    if config.web_listen is None:
+        return None
+    web = WebServer(engine, config.web_listen, config.web_token)
+    try:
+        await web.start()
+    except OSError as err:
+        _LOG.error(
+            "cannot serve the phone page on %s (%s): shedding goes on", config.web_listen, err
+        )
+        return None
+    except Exception:
+        _LOG.error("the phone page failed to start; shedding goes on", exc_info=True)
+        return None
+    return web
+
+
+async def _close_the_page(page: asyncio.Task[WebServer | None]) -> None:
+    page.cancel()  # still starting: stop there
+    with contextlib.suppress(asyncio.CancelledError):
+        web = await page
+        if web is not None:
+            await web.close()
 
 
 async def _keep_sending(notifier: Notifier) -> None:

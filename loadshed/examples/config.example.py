@@ -90,3 +90,8 @@ SSH_CONFIG = ""                     # an ssh_config for `ssh -F` (default: your 
 # --- Files -------------------------------------------------------------------------------------
 STATE_DIR = ""                      # default: the platform's user state dir
                                     # (~/.local/state/loadshed on Linux)
+
+# --- The phone page (README "A page for your phone") -------------------------------------------
+WEB_LISTEN = ""                     # "0.0.0.0:8470": the page on every address, port 8470; "": off
+WEB_TOKEN = ""                      # shed/restore/pin from the page need it (16+ characters);
+                                    # without it the page is read-only. Or LOADSHED_WEB_TOKEN

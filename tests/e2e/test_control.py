@@ -181,5 +181,5 @@ def test_a_peer_of_another_uid_is_refused(
             os._exit(code)
     _, status = os.waitpid(pid, 0)
     assert os.waitstatus_to_exitcode(status) == 0
-    assert daemon.saw("refused a connection from uid 54321")
+    daemon.wait_for_line("refused a connection from uid 54321")
     assert daemon.stop() == 0
