@@ -512,7 +512,10 @@ class Engine:
         return decision.actions
 
     def _pin(self, name: str, pin: Pin | None) -> tuple[Action, ...]:
-        if name not in self.registry.devices:
+        # A device not reached yet (a Kasa host still silent after a restart) that loadshed
+        # knows of keeps its pin, or loses it, all the same: the pin applies once it answers.
+        known = name in self.registry.devices or name in self.state.pins or name in self.state.shed
+        if not known:
             self._say(f"cannot pin {name!r}: no such device", logging.WARNING)
             return ()
         pins = {n: p for n, p in self.state.pins.items() if n != name}

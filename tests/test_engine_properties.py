@@ -158,6 +158,7 @@ class Night:
         self.store.close()
 
 
+@example(steps=[("cut",), ("pin_off", "TV"), ("down", "TV"), ("restart",)])
 @example(steps=[("cut",), ("restart",), ("restore",)])
 @example(steps=[("lost_reply", "Space heater"), ("cut",), ("restore",), ("restart",)])
 @example(steps=[("pin_on", "Aquarium"), ("cut",), ("pin_off", "Aquarium"), ("unpin", "Aquarium")])
