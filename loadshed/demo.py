@@ -9,7 +9,9 @@ the grid comes back → exactly what was shed comes back on. Needs no hardware a
 `run_live_demo` is the same house and engine behind the curses screen, for a person to play
 with, plus the house's two computers on a real sshd when OpenSSH is installed: g cuts and
 restores the grid, + and - add and remove solar. Its keys act on the house only; what loadshed
-does about it is the real engine's business, as in `loadshed run`.
+does about it is the real engine's business, as in `loadshed run`. It ends with one line
+pointing to `loadshed check`; on a terminal that cannot draw the screen it says why in one line
+and plays the scripted outage instead.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -44,6 +47,7 @@ LIVE_BATTERY_PCT: Final = 80.0  # room to drain through both tiers (50 %, 30 %) 
 LIVE_RESTORE_S: Final = 10.0  # long enough to watch "restoring in" count down
 SOLAR_STEP_W: Final = 1000.0  # one press of + or -
 SOLAR_MAX_W: Final = 10_000.0
+NEXT_STEP: Final = "Run `loadshed check` against your own house next (see README)."
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,20 +114,36 @@ def run_demo(out: TextIO, speed: float = DEFAULT_SPEED) -> int:
             monitor.join(STEP_TIMEOUT_S)
 
 
-def run_live_demo(speed: float = LIVE_SPEED) -> int:
-    """The simulated house behind the live screen, until q. 0 when quit from the screen."""
+def run_live_demo(speed: float = LIVE_SPEED, out: TextIO | None = None) -> int:
+    """The simulated house behind the live screen, until q. 0 when quit from the screen.
+
+    On a terminal that cannot draw the screen: one line why, then the scripted outage in plain
+    lines (at its own speed, unless another was asked for).
+    """
     from loadshed.daemon import logs_held
-    from loadshed.ui import run_ui  # only here: the scripted demo never imports curses
+    from loadshed.ui import CannotDraw, run_ui, why_no_screen  # the scripted demo: no curses
     from loadshed.view import Demo
 
-    with _stage(speed, LIVE_BATTERY_PCT, LIVE_RESTORE_S) as stage, logs_held():
-        house = stage.house
-        return run_ui(
-            stage.monitor(),
-            demo_keys=_demo_keys(house),
-            demo_info=lambda: Demo(speed, house.energy.hour, house.energy.solar_override_w),
-            capacity_wh=house.energy.capacity_wh,
-        )
+    out = sys.stdout if out is None else out
+    why = why_no_screen()
+    if why is None:
+        try:
+            with _stage(speed, LIVE_BATTERY_PCT, LIVE_RESTORE_S) as stage, logs_held():
+                house = stage.house
+                code = run_ui(
+                    stage.monitor(),
+                    demo_keys=_demo_keys(house),
+                    demo_info=lambda: Demo(speed, house.energy.hour, house.energy.solar_override_w),
+                    capacity_wh=house.energy.capacity_wh,
+                )
+        except CannotDraw as err:
+            why = str(err)
+        else:
+            if code == ExitCode.OK:
+                print(f"That was the demo. {NEXT_STEP}", file=out, flush=True)
+            return code
+    print(f"loadshed: {why}; plain lines instead.", file=out, flush=True)
+    return run_demo(out, DEFAULT_SPEED if speed == LIVE_SPEED else speed)
 
 
 def _demo_keys(house: SimHouse) -> dict[str, Callable[[], str]]:
@@ -187,7 +207,7 @@ def _story(say: _Narrator, house: SimHouse, monitor: Monitor, speed: float) -> i
     lamp = "still off, as it was before" if not house.is_on("Desk lamp") else "ON (wrong!)"
     back = (*shed, *house.hosts)
     say(f"  Back on: {', '.join(back)}. The Desk lamp is {lamp}.")
-    say.step("The end. Run `loadshed check` against your own house next (see README).")
+    say.step(f"The end. {NEXT_STEP}")
     return ExitCode.OK if not house.is_on("Desk lamp") else ExitCode.FAILURE
 
 

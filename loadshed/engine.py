@@ -108,10 +108,12 @@ class DeviceRow:
     # Its draw as last measured while on: kept while it switches and while it is off, so an
     # estimate need not wait for the next read. None: never measured.
     draw_w: float | None = None
-    # Whether it was on when the Powerwall's latest reading was taken, so its draw is in that
-    # reading's load (a device switched since counts as it was until the next reading). None:
-    # not known; take its power now.
+    # Whether it was on at the last settled reading, so its draw is in Snapshot.load_settled_w.
+    # None: not known; take its power now.
     in_load: bool | None = None
+    power_since: float | None = None  # wall clock it was last seen switched on or off; None: not
+
+    LOAD_LAG_S = 2.0  # a Powerwall reading this soon after a switch may not show it yet
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,6 +140,9 @@ class Snapshot:
     event_times: tuple[float, ...] = ()  # wall clock each line of `events` was said
     outage_event: str = ""  # the line of `events` that began the present outage ("grid lost")
     outage_event_at: float | None = None  # wall clock it was said
+    # The Powerwall's load at the last reading taken with no device switching, nor switched in
+    # the DeviceRow.LOAD_LAG_S before: the load each device's `in_load` and draw belong to.
+    load_settled_w: float | None = None
 
     EVENTS_KEPT = 100  # lines for the screen's events pane: enough to fill a tall terminal
 
@@ -1106,11 +1111,34 @@ class Engine:
             row = earlier.get(name)
             return row.draw_w if row is not None else None
 
-        def in_load(name: str, power: Power | None) -> bool:
+        def since(name: str, power: Power | None) -> float | None:
             row = earlier.get(name)
-            if fresh or row is None or row.in_load is None:
+            if row is None:
+                return None
+            if row.power is None or power is None or row.power is power:
+                return row.power_since  # a first read, or one lost, is not a switch
+            return now_wall
+
+        def lately(name: str, power: Power | None) -> bool:
+            at = since(name, power)
+            return at is not None and now_wall - at < DeviceRow.LOAD_LAG_S
+
+        # A reading that shows every device as it is (none switching, none switched in the
+        # last LOAD_LAG_S) is the load their draws are taken from, until the next such reading.
+        settled = (
+            fresh
+            and self.reading.load_w is not None
+            and all(
+                d.busy is None and not lately(name, d.power)
+                for name, d in self.registry.devices.items()
+            )
+        )
+
+        def in_load(name: str, power: Power | None) -> bool | None:
+            row = earlier.get(name)
+            if settled:
                 return power is Power.ON
-            return row.in_load
+            return row.in_load if row is not None else None
 
         # A forced action waiting for the device's present one to end is switching already.
         deferred = {name: action.verb for name, action in self._deferred.items()}
@@ -1130,6 +1158,7 @@ class Engine:
                 self._note(name),
                 draw_w=draw_of(name, d.power, d.watts),
                 in_load=in_load(name, d.power),
+                power_since=since(name, d.power),
             )
             for name, d in self.registry.devices.items()
         ]
@@ -1152,6 +1181,7 @@ class Engine:
                         entry.reason,
                         draw_w=draw_of(name, None, None),
                         in_load=in_load(name, None),
+                        power_since=since(name, None),
                     )
                 )
         # Every line is published in the loop turn that says it: a line the last snapshot did
@@ -1166,15 +1196,22 @@ class Engine:
         if outage_since is not None and outage_since == before.outage_since:
             began = (before.outage_event, before.outage_event_at)
         if outage_since is not None and not began[0]:
-            # gridlog's "grid lost" line, said as it set outage_since; none after a restart
-            # mid-outage (not a change)
+            # gridlog's "grid lost" line, said as it set outage_since; said again here when
+            # more lines than RECENT_EVENTS followed it before this publish. None after a
+            # restart mid-outage (not a change).
+            effective = self._decision.reading
+            lost = (
+                f"{time.strftime('%H:%M')} grid lost ({effective.raw}), battery {pct(self.reading)}"
+                if self._decision.changed is Grid.OFF and effective is not None
+                else ""
+            )
             began = next(
                 (
                     (line, at)
                     for line, at in zip(reversed(events), reversed(event_times), strict=False)
                     if at >= outage_since and line.partition(" ")[2].startswith("grid lost")
                 ),
-                ("", None),
+                (lost, now_wall if lost else None),
             )
         unknown_since = self.memory.unknown_since
         self.snapshot = Snapshot(
@@ -1201,6 +1238,7 @@ class Engine:
             event_times=event_times,
             outage_event=began[0],
             outage_event_at=began[1],
+            load_settled_w=self.reading.load_w if settled else before.load_settled_w,
         )
         if self._on_snapshot is not None:
             self._on_snapshot(self.snapshot)

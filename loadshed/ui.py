@@ -6,6 +6,10 @@ write a byte to; the signal handlers while the screen is up (a resize repaints; 
 and SIGHUP quit cleanly). Runs in the main thread; the monitor runs the engine in its own, and the
 two meet only through `Monitor.send` (commands) and `Monitor.snapshot` (immutable snapshots).
 
+A terminal that cannot draw the screen (TERM=dumb, unknown to terminfo, smaller than the
+screen's least) is found out before curses takes it (`why_no_screen`): `run_ui` then raises
+`CannotDraw`, whose one sentence says why, and the caller goes on in plain lines.
+
 Must not: decide anything (view.py says what is drawn and what each key does); reach the engine
 except through the monitor; spin: between events it blocks in select() for seconds.
 """
@@ -52,6 +56,39 @@ QUIT_SIGNALS: Final = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 DemoKeys = Mapping[str, Callable[[], str]]  # a demo key's first name → do it, say what was done
 
 
+class CannotDraw(LoadshedError):
+    """This terminal cannot show the screen. str(): one sentence why; nothing was started."""
+
+
+def why_no_screen(env: Mapping[str, str] = os.environ, fd: int | None = None) -> str | None:
+    """Why the terminal on fd (stdout) cannot draw the screen, in one sentence; None if it can.
+
+    Reads the terminal's terminfo entry (can it move the cursor?) and its size; it does not
+    take the terminal over. curses reads terminfo once per process: a later call answers for
+    the first TERM asked about.
+    """
+    fd = _stdout_fd() if fd is None else fd
+    term = env.get("TERM", "")
+    if not term:
+        return "this terminal cannot draw the screen (TERM is not set)"
+    try:
+        curses.setupterm(term, fd)
+    except curses.error:
+        return f"this terminal cannot draw the screen (TERM={term} is not in terminfo)"
+    if not curses.tigetstr("cup"):
+        return f"this terminal cannot draw the screen (TERM={term} cannot move the cursor)"
+    try:
+        size = os.get_terminal_size(fd)
+    except OSError:
+        return None  # no size to read (not a terminal): curses will say, and be caught
+    if size.columns < view.MIN_WIDTH or size.lines < view.MIN_HEIGHT:
+        return (
+            f"this terminal is {size.columns}x{size.lines}, "
+            f"too small for the screen ({view.MIN_WIDTH}x{view.MIN_HEIGHT})"
+        )
+    return None
+
+
 def run_ui(
     monitor: Monitor,
     *,
@@ -59,19 +96,27 @@ def run_ui(
     demo_info: Callable[[], view.Demo] | None = None,
     capacity_wh: float | None = None,
     env: Mapping[str, str] = os.environ,
+    attached: bool = False,
 ) -> int:
     """Start the monitor (not started yet), show the screen until q, stop the monitor.
 
     Returns 0 after q or a quit signal, 1 when the monitor stopped by itself (its `error` says
-    why). `demo_keys` handles the demo's extra keys (view.KEYS names them), `demo_info` feeds the
-    demo's header, `capacity_wh` the time-left estimate (None: view.POWERWALL_2_WH, said so).
+    why). Raises CannotDraw, the monitor not started, when this terminal cannot show the screen
+    (`why_no_screen`, or curses refusing it). `demo_keys` handles the demo's extra keys
+    (view.KEYS names them), `demo_info` feeds the demo's header, `capacity_wh` the time-left
+    estimate (None: view.POWERWALL_2_WH, said so). `attached`: the monitor stands for a loadshed
+    running elsewhere, which q leaves running (the question says so).
     """
     if monitor.is_alive():
         raise RuntimeError("run_ui starts the monitor itself, after its wake-up is wired")
+    why = why_no_screen(env)
+    if why is not None:
+        raise CannotDraw(why)
     colour = view.wants_colour(env)
     ui = view.UiState(
         capacity_wh=capacity_wh,
         unicode=not view.ascii_only(locale.getpreferredencoding(False)),
+        attached=attached,
     )
     wake = _Wake()
     previous = monitor.on_snapshot
@@ -118,7 +163,9 @@ def _loop(
             screen.resize()
         if demo_info is not None:
             ui = replace(ui, demo=demo_info())
-        snap = screen.draw(monitor.snapshot, ui)
+        snap = monitor.snapshot
+        ui = view.follow(ui, snap)
+        screen.draw(snap, ui)
         pending = snap.restore_at is not None or snap.shed_at is not None or not snap.started
         readable, _, _ = select.select([wake.fd, stdin], [], [], TICK_S if pending else IDLE_S)
         wake.drain()
@@ -166,10 +213,9 @@ class _Screen:
             except curses.error:
                 self._background = curses.COLOR_BLACK
 
-    def draw(self, snap: Snapshot, ui: view.UiState) -> Snapshot:
+    def draw(self, snap: Snapshot, ui: view.UiState) -> None:
         height, width = self.scr.getmaxyx()
         self.paint(view.render(snap, ui, width, height, now=time.time()))
-        return snap
 
     def paint(self, lines: list[view.Line]) -> None:
         # erase + noutrefresh + doupdate: curses compares with what is on the terminal and
@@ -229,7 +275,7 @@ class _Screen:
     def resize(self) -> None:
         """Take the terminal's new size (SIGWINCH is ours, so curses is told here)."""
         try:
-            size = os.get_terminal_size(sys.__stdout__.fileno() if sys.__stdout__ else 1)
+            size = os.get_terminal_size(_stdout_fd())
         except OSError:
             return
         curses.resizeterm(size.lines, size.columns)
@@ -242,10 +288,7 @@ def _screen(colour: bool) -> Iterator[curses.window]:
         scr = curses.initscr()
     except curses.error as err:
         term = os.environ.get("TERM", "")
-        raise LoadshedError(
-            f"cannot start the screen on this terminal (TERM={term!r}): {err}; "
-            "run with --no-ui for plain lines"
-        ) from err
+        raise CannotDraw(f"this terminal cannot draw the screen (TERM={term}: {err})") from err
     try:
         curses.noecho()
         curses.cbreak()
@@ -261,6 +304,10 @@ def _screen(colour: bool) -> Iterator[curses.window]:
             curses.nocbreak()
             curses.echo()
         curses.endwin()
+
+
+def _stdout_fd() -> int:
+    return sys.__stdout__.fileno() if sys.__stdout__ is not None else 1
 
 
 class _Wake:

@@ -1,9 +1,14 @@
 """The screen as data: `render(snapshot, ui, width, height) -> list[Line]`, and what keys do.
 
 Owns the layout of the live screen — a header (grid, battery, time left, timers), the device
-table, the latest events, the keys — the words and styles of each part, the time-left estimate,
-and the keys (`KEYS`, `handle_key`): all pure functions of the latest engine `Snapshot` and a
-frozen `UiState`. ui.py paints the lines and feeds the keys; the tests render without a terminal.
+table, the latest events (the one that began an outage pinned above them), the keys — the words
+and styles of each part, the time-left estimate, and the keys (`KEYS`, `handle_key`, `follow`):
+all pure functions of the latest engine `Snapshot` and a frozen `UiState`. ui.py paints the lines
+and feeds the keys; the tests render without a terminal.
+
+One clock: every time on the screen — the clock, "since", the events' times, countdowns and
+durations — is said by `_Clock`: the wall clock, or in the demo the simulated house's, which runs
+`speed` times faster (the title says so).
 
 Must not: import curses, do I/O, read a clock (the time comes in as `now`), keep state. Colour is
 a hint, never the only signal: every coloured state also says itself in words (a shed device
@@ -13,6 +18,7 @@ says SHED), and `NO_COLOR` turns colour off.
 from __future__ import annotations
 
 import math
+import re
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
@@ -30,6 +36,8 @@ POWERWALL_2_WH: Final = 13_500.0  # one Powerwall 2: the time-left assumption wh
 BAR_WIDTH: Final = 20  # the battery bar, in cells
 LOW_BATTERY_PCT: Final = 20.0  # below this the battery is shown as a warning
 COMPUTER_KINDS: Final = frozenset({Kind.LINUX, Kind.SOLARIS, Kind.MACOS, Kind.WINDOWS})
+OBEY_WAIT_S: Final = 5.0  # the engine takes a command within a loop turn: past this, its work
+# is on the table, if it did any
 
 # Every glyph the screen uses, and its stand-in on a terminal that cannot show it. One
 # character for one, so the spans' columns stay right.
@@ -214,8 +222,19 @@ class Demo:
 
 
 @dataclass(frozen=True, slots=True)
+class Forced:
+    """A forced shed or restore asked from this screen, followed above the keys until done."""
+
+    kind: CommandKind  # FORCE_SHED or FORCE_RESTORE
+    devices: tuple[str, ...]  # what it switches, as the table stood when it was asked
+    asked_at: float  # the snapshot's time then: the engine's line on taking it comes later
+    obeyed: bool = False  # the engine has taken it (`_obeyed`)
+
+
+@dataclass(frozen=True, slots=True)
 class UiState:
-    """Everything on screen that is not in the snapshot. Frozen; replaced by `handle_key`."""
+    """Everything on screen that is not in the snapshot. Frozen; replaced by `handle_key` and
+    `follow`."""
 
     selected: str | None = None  # a device name: the selection follows it if rows move
     help: bool = False
@@ -225,6 +244,8 @@ class UiState:
     demo: Demo | None = None
     capacity_wh: float | None = None  # the battery's energy; None: assume POWERWALL_2_WH
     unicode: bool = True  # False: ASCII stand-ins for every glyph
+    attached: bool = False  # the screen of a loadshed running elsewhere: q leaves it running
+    forced: Forced | None = None  # a forced command still switching
 
 
 class Act(Enum):
@@ -325,7 +346,8 @@ def handle_key(key: str, ui: UiState, snap: Snapshot) -> KeyResult:
     if act is Act.RESTORE:
         return KeyResult(replace(ui, confirm=Confirm.RESTORE))
     if act is Act.QUIT:
-        if any(r.shed_reason is not None or r.busy is Verb.SHED for r in rows):
+        # Attached, q only leaves this screen: asked anyway, to say loadshed keeps running.
+        if ui.attached or any(r.shed_reason is not None or r.busy is Verb.SHED for r in rows):
             return KeyResult(replace(ui, confirm=Confirm.QUIT))
         return KeyResult(replace(ui, quitting=True), quit=True)
     if act is Act.HELP:
@@ -403,7 +425,98 @@ def _answer(yes: bool, ui: UiState, question: Confirm, snap: Snapshot) -> KeyRes
     if question is Confirm.QUIT:
         return KeyResult(replace(ui, quitting=True), quit=True)
     kind = CommandKind.FORCE_SHED if question is Confirm.SHED else CommandKind.FORCE_RESTORE
-    return KeyResult(replace(ui, message=f"{kind.value}: asked; the table follows"), Command(kind))
+    devices = forced_devices(kind, snap.devices)
+    if not devices:
+        nothing = "off" if kind is CommandKind.FORCE_SHED else "back on"
+        return KeyResult(
+            replace(ui, message=f"{kind.value}: nothing to switch {nothing}"), Command(kind)
+        )
+    return KeyResult(replace(ui, forced=Forced(kind, devices, snap.taken_at)), Command(kind))
+
+
+def forced_devices(kind: CommandKind, rows: Sequence[DeviceRow]) -> tuple[str, ...]:
+    """What a forced command switches, chosen as policy.force_shed and force_restore choose.
+
+    A shed: every device not essential nor pinned, seen on (a computer: not seen off), or shed
+    but not seen off yet. A restore: everything loadshed switched off, but what is kept off.
+    """
+    if kind is CommandKind.FORCE_RESTORE:
+        return tuple(r.name for r in rows if r.shed_reason is not None and r.pin is not Pin.OFF)
+    return tuple(
+        r.name
+        for r in rows
+        if r.rule > ESSENTIAL
+        and r.pin is None
+        and (
+            r.power is Power.ON
+            or (r.power is None and r.kind in COMPUTER_KINDS)
+            or (r.shed_reason is not None and r.power is not Power.OFF)
+        )
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Progress:
+    """Where a forced command's devices stand now."""
+
+    done: tuple[str, ...]  # off (a shed) or back on (a restore)
+    switching: tuple[str, ...]
+    waiting: tuple[str, ...]  # neither: for another device (a plug for its computer), or failed
+
+
+def progress(forced: Forced, rows: Sequence[DeviceRow]) -> Progress:
+    """Sort a forced command's devices by where they stand in these rows."""
+    by_name = {r.name: r for r in rows}
+    done: list[str] = []
+    switching: list[str] = []
+    waiting: list[str] = []
+    for name in forced.devices:
+        row = by_name.get(name)
+        if row is not None and row.busy is not None:
+            switching.append(name)
+        elif row is not None and (
+            row.power is Power.OFF
+            if forced.kind is CommandKind.FORCE_SHED
+            else row.shed_reason is None
+        ):
+            done.append(name)
+        else:
+            waiting.append(name)
+    return Progress(tuple(done), tuple(switching), tuple(waiting))
+
+
+def follow(ui: UiState, snap: Snapshot) -> UiState:
+    """Bring the screen's own state up to date with a new snapshot (ui.py calls it before each
+    draw): a forced command is followed until none of its devices is switching any more, then
+    its line goes — leaving a message only for what was not switched."""
+    forced = ui.forced
+    if forced is None:
+        return ui
+    if not forced.obeyed:
+        if not _obeyed(forced, snap):
+            return ui
+        forced = replace(forced, obeyed=True)
+    now = progress(forced, snap.devices)
+    if now.switching:
+        return replace(ui, forced=forced)
+    left = ""
+    if now.waiting:
+        left = f"{forced.kind.value}: not switched: {', '.join(now.waiting)} (see the table)"
+    return replace(ui, forced=None, message=left or ui.message)
+
+
+def _obeyed(forced: Forced, snap: Snapshot) -> bool:
+    """Whether the engine has taken the command: one of its devices switching its way, or the
+    engine's line on it ("force shed (forced from keyboard): 7 devices") said since it was
+    asked; or, with neither, OBEY_WAIT_S since."""
+    verb = Verb.SHED if forced.kind is CommandKind.FORCE_SHED else Verb.RESTORE
+    if any(r.busy is verb for r in snap.devices if r.name in forced.devices):
+        return True
+    said = f"{forced.kind.value} ("
+    return snap.taken_at - forced.asked_at > OBEY_WAIT_S or any(
+        at > forced.asked_at and line.partition(" ")[2].startswith(said)
+        for line, at in zip(snap.events, snap.event_times, strict=False)
+    )
 
 
 def selected_index(rows: Sequence[DeviceRow], ui: UiState) -> int | None:
@@ -434,33 +547,51 @@ class Estimate:
     drain_w: float  # load minus solar
     hours: float | None  # None: not draining (solar covers the load)
     shed_hours: float | None  # every sheddable device off; None: not draining, or nothing to shed
-    sheddable: int  # devices on that a shed would switch off
-    unmetered: int  # of those, how many report no power: shed_hours is then at least this
+    sheddable: int  # devices in the load that a shed would switch off
+    unmetered: int  # of those, how many never reported a draw: shed_hours is then at least this
+    shed_drain_w: float = 0.0  # load minus their draw, minus solar: 0 or less, solar covers it
 
 
 def estimate(snap: Snapshot, capacity_wh: float) -> Estimate | None:
-    """Estimate time left from battery % x capacity / (load - solar); None without readings."""
+    """Estimate time left from battery % x capacity / (load - solar); None without readings.
+
+    With every sheddable device off: the load less what they draw, taken from the last reading
+    with nothing switching (`Snapshot.load_settled_w`, with the devices on then: `in_load`),
+    each device at its last measured draw (`draw_w`). So the figure holds still while devices
+    switch and the Powerwall's reading catches up, and moves only once they have settled.
+    """
     reading = snap.reading
     if reading.battery_pct is None or reading.load_w is None:
         return None
     solar = reading.solar_w or 0.0
     drain = reading.load_w - solar
     energy_wh = reading.battery_pct / 100 * capacity_wh
-    sheddable = [
-        r
+    draws = [
+        _draw_w(r)
         for r in snap.devices
-        if r.rule > ESSENTIAL and r.power is Power.ON and r.pin is not Pin.ON
+        if r.rule > ESSENTIAL and r.pin is not Pin.ON and _in_load(r)
     ]
-    metered = sum(r.watts for r in sheddable if r.watts is not None)
-    unmetered = sum(r.watts is None for r in sheddable)
-    shed_drain = max(reading.load_w - metered, 0.0) - solar
+    metered = sum(w for w in draws if w is not None)
+    load_w = snap.load_settled_w if snap.load_settled_w is not None else reading.load_w
+    # Never more than now: a shed only takes load away (the draws of devices that report none
+    # are still in it, so it may look so while they switch).
+    shed_drain = min(max(load_w - metered, 0.0) - solar, drain)
     return Estimate(
         drain,
         energy_wh / drain if drain > 0 else None,
-        energy_wh / shed_drain if sheddable and shed_drain > 0 else None,
-        len(sheddable),
-        unmetered,
+        energy_wh / shed_drain if draws and shed_drain > 0 else None,
+        len(draws),
+        sum(w is None for w in draws),
+        shed_drain,
     )
+
+
+def _in_load(row: DeviceRow) -> bool:
+    return row.in_load if row.in_load is not None else row.power is Power.ON
+
+
+def _draw_w(row: DeviceRow) -> float | None:
+    return row.draw_w if row.draw_w is not None else row.watts
 
 
 def duration(seconds: float) -> str:
@@ -483,8 +614,49 @@ def _countdown(seconds: float) -> str:
     return duration(math.ceil(max(seconds, 0.0)))
 
 
-def _clock(wall: float) -> str:
-    return time.strftime("%H:%M", time.localtime(wall))
+_SAID_AT: Final = re.compile(r"\d\d:\d\d")  # the engine's stamp on each events line
+_SECONDS: Final = re.compile(r"\b(\d+(?:\.\d+)?) s\b")  # "down after 6 s", in an events line
+
+
+@dataclass(frozen=True, slots=True)
+class _Clock:
+    """Every time on the screen, by one clock: the wall clock, or in the demo the house's,
+    which reads `demo.hour` at `now` and runs `demo.speed` times faster."""
+
+    now: float  # wall clock
+    demo: Demo | None = None
+
+    def at(self, wall: float) -> str:
+        """A moment, as HH:MM."""
+        if self.demo is None:
+            return time.strftime("%H:%M", time.localtime(wall))
+        return _hour(self.demo.hour + (wall - self.now) * self.demo.speed / 3600)
+
+    def span(self, seconds: float) -> str:
+        """A duration of wall seconds."""
+        return duration(seconds * self._speed())
+
+    def countdown(self, seconds: float) -> str:
+        """Wall seconds still to wait, rounded up."""
+        return _countdown(seconds * self._speed())
+
+    def said(self, line: str, at: float | None) -> str:
+        """An events line: the engine's stamp replaced by the moment it was said; in the demo,
+        the seconds in its words (the engine's, real) in the house's time too."""
+        stamp, _, words = line.partition(" ")
+        if at is None or not _SAID_AT.fullmatch(stamp):
+            return line
+        if self.demo is not None:
+            words = _SECONDS.sub(lambda m: self.span(float(m.group(1))), words)
+        return f"{self.at(at)} {words}"
+
+    def _speed(self) -> float:
+        return self.demo.speed if self.demo is not None else 1.0
+
+
+def _hour(hour: float) -> str:
+    minutes = math.floor(hour * 60) % (24 * 60)
+    return f"{minutes // 60:02d}:{minutes % 60:02d}"
 
 
 def _kw(watts: float) -> str:
@@ -499,26 +671,27 @@ def render(
 ) -> list[Line]:
     """Lay out the whole screen. Pure: same snapshot, state, size and now, same lines.
 
-    `now` is the wall clock for countdowns and durations (default: when the snapshot was taken).
-    The result has exactly `height` lines, each at most `width` long, unless the window is too
-    small, when it is a short message saying so (and still the grid and battery).
+    `now` is the wall clock for countdowns and durations (default: when the snapshot was taken);
+    in the demo, `ui.demo` turns every time into the house's. The result has exactly `height`
+    lines, each at most `width` long, unless the window is too small, when it is a short message
+    saying so (and still the grid and battery).
     """
-    now = snap.taken_at if now is None else now
+    clock = _Clock(snap.taken_at if now is None else now, ui.demo)
     if width < MIN_WIDTH or height < MIN_HEIGHT:
-        lines = _too_small(snap, ui, width, height, now)
+        lines = _too_small(snap, ui, width, height, clock)
     else:
-        header = _header(snap, ui, width, now)
+        header = _header(snap, ui, width, clock)
         bottom = _bottom(snap, ui, width)
         room = height - len(header) - len(bottom)
-        middle = _help(ui, width, room) if ui.help else _body(snap, ui, width, room)
+        middle = _help(ui, width, room) if ui.help else _body(snap, ui, width, room, clock)
         lines = header + middle + bottom
     if not ui.unicode:
         lines = [replace(line, text=line.text.translate(ASCII)) for line in lines]
     return lines
 
 
-def _too_small(snap: Snapshot, ui: UiState, width: int, height: int, now: float) -> list[Line]:
-    words, style = _grid_words(snap, now)
+def _too_small(snap: Snapshot, ui: UiState, width: int, height: int, clock: _Clock) -> list[Line]:
+    words, style = _grid_words(snap, clock)
     battery = snap.reading.battery_pct
     first = _Text().add("loadshed: ").add(words, style)
     if battery is not None:
@@ -536,48 +709,52 @@ def _too_small(snap: Snapshot, ui: UiState, width: int, height: int, now: float)
     return lines[: max(height, 0)]
 
 
-def _header(snap: Snapshot, ui: UiState, width: int, now: float) -> list[Line]:
+def _header(snap: Snapshot, ui: UiState, width: int, clock: _Clock) -> list[Line]:
     return [
-        _title(snap, ui, width, now),
-        _grid_line(snap, width, now),
-        *_source_lines(snap, width),
+        _title(snap, ui, width, clock),
+        _grid_line(snap, width, clock),
+        *_source_lines(snap, width, clock),
         _battery_line(snap, width),
         _time_left_line(snap, ui, width),
-        _status_line(snap, width, now),
+        _status_line(snap, width, clock),
         *(_Text(Style.BAD).add(f"  ! {problem}").line(width) for problem in snap.problems),
     ]
 
 
-def _title(snap: Snapshot, ui: UiState, width: int, now: float) -> Line:
+def _title(snap: Snapshot, ui: UiState, width: int, clock: _Clock) -> Line:
     title = _Text(Style.TITLE).add(" loadshed")
+    right = f"{clock.at(clock.now)} "
     if ui.demo is not None:
         demo = ui.demo
-        clock = f"{int(demo.hour) % 24:02d}:{int(demo.hour % 1 * 60):02d}"
         solar = "by time of day" if demo.solar_w is None else f"fixed {_kw(demo.solar_w)}"
         title.add("  ").add("DEMO", Style.DEMO)
-        title.add(f"  house clock {clock} · {demo.speed:g}x real time · solar {solar}")
+        title.add(f"  house clock {_hour(demo.hour)} · {demo.speed:g}x real time · solar {solar}")
+        right = ""  # the house clock is the only clock: every time below is the house's
     if snap.dry_run:
         title.add("  ").add("DRY RUN: nothing is switched", Style.WARN)
-    right = f"{_clock(now)} "
-    text = _cut(title.text, width - len(right) - 1)
+    text = _cut(title.text, width - len(right) - (1 if right else 0))
     spans = tuple(s for s in title.spans if s.start < len(text))
     return _fit(Line(text.ljust(width - len(right)) + right, Style.TITLE, spans), width)
 
 
-def _grid_words(snap: Snapshot, now: float) -> tuple[str, Style]:
+def _grid_words(snap: Snapshot, clock: _Clock) -> tuple[str, Style]:
     reading = snap.reading
     if not snap.started:
         return "starting: reading the Powerwall and every device…", Style.DIM
     decided = snap.decided_by if snap.decided_by is not None else reading
     by = "" if decided is reading else f" (the {decided.source} says; the Powerwall cannot)"
     if decided.grid is Grid.ON:
-        since = f" since {_clock(snap.grid_since)}" if snap.grid_since is not None else ""
+        since = f" since {clock.at(snap.grid_since)}" if snap.grid_since is not None else ""
         return f"on grid{since}{by}", Style.OK
     if decided.grid is Grid.OFF:
         began = snap.outage_since if snap.outage_since is not None else snap.grid_since
-        since = f" for {duration(now - began)}, since {_clock(began)}" if began is not None else ""
+        since = (
+            f" for {clock.span(clock.now - began)}, since {clock.at(began)}"
+            if began is not None
+            else ""
+        )
         return f"OFF GRID — on battery{since}{by}", Style.BAD
-    since = f" since {_clock(snap.unknown_since)}" if snap.unknown_since is not None else ""
+    since = f" since {clock.at(snap.unknown_since)}" if snap.unknown_since is not None else ""
     if reading.status is Status.OK:
         what = f"unknown: the Powerwall says {reading.raw or 'nothing'}{since}"
     elif reading.status is Status.FAILED:
@@ -587,8 +764,8 @@ def _grid_words(snap: Snapshot, now: float) -> tuple[str, Style]:
     return what, Style.WARN
 
 
-def _grid_line(snap: Snapshot, width: int, now: float) -> Line:
-    words, style = _grid_words(snap, now)
+def _grid_line(snap: Snapshot, width: int, clock: _Clock) -> Line:
+    words, style = _grid_words(snap, clock)
     mark = {Style.OK: "● ", Style.BAD: "● ", Style.WARN: "? "}.get(style, "  ")
     text = _Text().add(mark + words, style)
     reading = snap.reading
@@ -597,7 +774,7 @@ def _grid_line(snap: Snapshot, width: int, now: float) -> Line:
     return text.line(width)
 
 
-def _source_lines(snap: Snapshot, width: int) -> list[Line]:
+def _source_lines(snap: Snapshot, width: int, clock: _Clock) -> list[Line]:
     """One line per secondary grid source (canary plugs, a UPS): what it says, and how old
     that is; then who disagrees with whom, if anyone does."""
     lines = []
@@ -606,7 +783,7 @@ def _source_lines(snap: Snapshot, width: int) -> list[Line]:
         words = {Grid.ON: "on grid", Grid.OFF: "off grid"}.get(reading.grid, "cannot tell")
         style = {Grid.ON: Style.OK, Grid.OFF: Style.BAD}.get(reading.grid, Style.WARN)
         why = reading.raw if reading.grid is not Grid.UNKNOWN else reading.detail
-        age = "not read yet" if row.age_s is None else f"{row.age_s:.0f} s ago"
+        age = "not read yet" if row.age_s is None else f"{clock.span(row.age_s)} ago"
         text = _Text().add(f"  {row.name:<7} ").add(words, style)
         text.add(f" ({why})" if why else "").add(f" · {age}", Style.DIM)
         lines.append(text.line(width))
@@ -650,6 +827,11 @@ def _time_left_line(snap: Snapshot, ui: UiState, width: int) -> Line:
     if guess.shed_hours is not None:
         shed = f", {'≥' if guess.unmetered else '≈'} {duration(guess.shed_hours * 3600)}"
         shed_long, shed_short = f"{shed} with all sheddable off", f"{shed} all shed"
+    elif guess.sheddable:  # draining now, but not with them off
+        shed_long = ", with all sheddable off solar covers the load"
+        shed_short = ", all shed: solar covers it"
+    elif any(r.shed_reason is not None for r in snap.devices):
+        shed_long, shed_short = ", every sheddable device is off", ", all shed"
     if ui.capacity_wh is None:
         assumed = f" ({POWERWALL_2_WH / 1000:g} kWh assumed)"
     # The most said that fits: every figure, then shorter words, then fewer figures.
@@ -660,25 +842,31 @@ def _time_left_line(snap: Snapshot, ui: UiState, width: int) -> Line:
     return text.add(at + tail).line(width)
 
 
-def _status_line(snap: Snapshot, width: int, now: float) -> Line:
+def _status_line(snap: Snapshot, width: int, clock: _Clock) -> Line:
     text = _Text().add("  ")
     items: list[tuple[str, Style | None]] = []
     if snap.started and snap.reading.grid is Grid.UNKNOWN:
         items.append(("nothing is shed or restored while the grid is unknown", Style.WARN))
     if snap.shed_at is not None:
-        items.append((f"shedding in {_countdown(snap.shed_at - now)}", Style.WARN))
+        items.append((f"shedding in {clock.countdown(snap.shed_at - clock.now)}", Style.WARN))
     if snap.restore_at is not None:
-        items.append((f"restoring in {_countdown(snap.restore_at - now)}", Style.WARN))
+        items.append((f"restoring in {clock.countdown(snap.restore_at - clock.now)}", Style.WARN))
     if snap.hold:
         items.append(("held off by a forced shed: r restores", Style.WARN))
     if snap.paused:
         items.append(("shedding paused by a forced restore until the grid is back", Style.WARN))
-    shed = sum(r.shed_reason is not None for r in snap.devices)
+    # Each device counted once, as it is now: a device switching is not yet off (nor on).
+    idle = [r for r in snap.devices if r.busy is None and r.shed_reason is not None]
+    off = sum(snap.dry_run or r.power is not Power.ON for r in idle)
+    stuck = len(idle) - off  # loadshed switched it off, yet it is seen on: a failed switch
     busy = sum(r.busy is not None for r in snap.devices)
-    if shed:
-        items.append((f"{shed} switched off by loadshed", Style.SHED))
+    if off:
+        done = "would be switched off" if snap.dry_run else "switched off by loadshed"
+        items.append((f"{off} {done}", Style.SHED))
     if busy:
         items.append((f"{busy} switching", Style.WARN))
+    if stuck:
+        items.append((f"{stuck} still on: switching off failed", Style.BAD))
     if snap.started and not items:
         items.append(("nothing shed", Style.DIM))
     for index, (words, style) in enumerate(items):
@@ -786,12 +974,14 @@ def _row_line(
     return text.line(width, pad=selected)
 
 
-def _body(snap: Snapshot, ui: UiState, width: int, room: int) -> list[Line]:
+def _body(snap: Snapshot, ui: UiState, width: int, room: int, clock: _Clock) -> list[Line]:
     rows = snap.devices
     cells = [_cells(r) for r in rows]
     widths = _widths(cells, width)
     heads = {h: (h, None) for h in widths}
-    table_room = max(room - 4, 1)  # less the column heads, the detail, the rule, one event
+    pinned = 1 if snap.outage_event else 0
+    # less the column heads, the detail, the rule, the outage's line, one event
+    table_room = max(room - 4 - pinned, 1)
     index = selected_index(rows, ui)
     start = 0
     if index is not None and len(rows) > table_room:
@@ -807,11 +997,20 @@ def _body(snap: Snapshot, ui: UiState, width: int, room: int) -> list[Line]:
         if len(shown) < len(rows)
         else ""
     )
-    rule = f"{more}─ events "
+    rule = f"{more}─ events{' (house clock)' if ui.demo is not None else ''} "
     lines.append(Line(rule + "─" * max(width - len(rule), 0), Style.HEADING))
+    times: Sequence[float | None] = snap.event_times
+    if len(times) != len(snap.events):
+        times = [None] * len(snap.events)
+    said = list(zip(snap.events, times, strict=True))
+    if pinned:
+        # The change that began the outage stays in sight however many lines follow it.
+        began = (snap.outage_event, snap.outage_event_at)
+        said = [line for line in said if line != began]
+        lines.append(_fit(Line(f"  {clock.said(*began)}", Style.BAD), width))
     events = room - len(lines)
     if events > 0:
-        lines += [_fit(Line(f"  {e}"), width) for e in snap.events[-events:]]
+        lines += [_fit(Line(f"  {clock.said(*line)}"), width) for line in said[-events:]]
     return lines + [Line("")] * (room - len(lines))
 
 
@@ -844,7 +1043,8 @@ def _help(ui: UiState, width: int, room: int) -> list[Line]:
     for key in KEYS:
         if key.demo and ui.demo is None:
             continue
-        lines.append(Line(f"  {key.shown:<6} {'demo: ' if key.demo else ''}{key.does}"))
+        does = LEAVE_DOES if key.act is Act.QUIT and ui.attached else key.does
+        lines.append(Line(f"  {key.shown:<6} {'demo: ' if key.demo else ''}{does}"))
     lines += [
         Line(""),
         Line("Reading the table", Style.HEADING),
@@ -870,11 +1070,14 @@ PROMPTS: Final[Mapping[Confirm, tuple[str, str]]] = {
         "Its rule ({rule}) is set aside until x again.",
     ),
 }
+# Attached to a loadshed running elsewhere, q leaves this screen only: the question says so.
+LEAVE: Final = ("Leave this screen? loadshed keeps running.", "")
+LEAVE_DOES: Final = "leave this screen (y/n); loadshed keeps running"
 
 
 def _prompt(question: Confirm, ui: UiState, snap: Snapshot) -> tuple[str, str]:
     """A question's words, about the selected device when it is a pin's."""
-    asked, meaning = PROMPTS[question]
+    asked, meaning = LEAVE if question is Confirm.QUIT and ui.attached else PROMPTS[question]
     row = _asked_row(ui, snap) if question in PIN_ASKED else None
     if row is None:
         return asked, meaning
@@ -885,17 +1088,32 @@ def _prompt(question: Confirm, ui: UiState, snap: Snapshot) -> tuple[str, str]:
 
 def _bottom(snap: Snapshot, ui: UiState, width: int) -> list[Line]:
     lines = []
-    if ui.quitting:
+    if ui.quitting and ui.attached:
+        lines.append(Line(" leaving this screen; loadshed keeps running…", Style.PROMPT))
+    elif ui.quitting:
         wait = f"{QUIT_WAIT_S:g} s"
         lines.append(
             Line(f" stopping: switches in flight may finish (at most {wait})…", Style.PROMPT)
         )
     elif ui.confirm is not None:
         question, meaning = _prompt(ui.confirm, ui, snap)
-        lines.append(Line(f" {question} y/n  {meaning} ", Style.PROMPT))
+        lines.append(Line(f" {question} y/n" + (f"  {meaning} " if meaning else ""), Style.PROMPT))
+    elif ui.forced is not None:
+        said = _forced_words(ui.forced, snap)
+        lines.append(Line(f" {said}" + (f" · {ui.message}" if ui.message else ""), Style.WARN))
     elif ui.message:
         lines.append(Line(f" {ui.message}", Style.WARN))
     return [_fit(line, width) for line in lines] + [_footer(ui, width)]
+
+
+def _forced_words(forced: Forced, snap: Snapshot) -> str:
+    """What a forced command is doing: "force shed: 4 off, 3 switching…"."""
+    if not forced.obeyed:
+        return f"{forced.kind.value}: asked…"
+    now = progress(forced, snap.devices)
+    done = "off" if forced.kind is CommandKind.FORCE_SHED else "back on"
+    said = f"{forced.kind.value}: {len(now.done)} {done}, {len(now.switching)} switching"
+    return said + (f", {len(now.waiting)} waiting" if now.waiting else "") + "…"
 
 
 def _footer(ui: UiState, width: int) -> Line:

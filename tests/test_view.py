@@ -28,6 +28,7 @@ from loadshed.view import (
     ascii_only,
     duration,
     estimate,
+    follow,
     handle_key,
     render,
     segments,
@@ -399,7 +400,7 @@ def test_the_demo_says_it_is_a_demo_with_its_clock_and_speed() -> None:
     lines = render(snapshot(), ui, 100, 30)
     title = lines[0]
     assert title.text.startswith(" loadshed  DEMO  house clock 18:30 · 60x real time")
-    assert "solar fixed 2.0 kW" in title.text and title.text.endswith("14:30 ")
+    assert title.text.rstrip().endswith("solar fixed 2.0 kW")  # one clock: no wall clock too
     assert any(title.text[s.start : s.end] == "DEMO" for s in title.spans)
     assert "g grid" in lines[-1].text and "+- solar" in lines[-1].text
     assert "g grid" not in render(snapshot(), UiState(), 100, 30)[-1].text
@@ -437,20 +438,27 @@ def test_quitting_says_switches_may_finish() -> None:
 
 
 @pytest.mark.parametrize(
-    ("key", "question", "kind"),
+    ("key", "question", "kind", "snap"),
     [
-        ("s", Confirm.SHED, CommandKind.FORCE_SHED),
-        ("r", Confirm.RESTORE, CommandKind.FORCE_RESTORE),
+        ("s", Confirm.SHED, CommandKind.FORCE_SHED, snapshot()),
+        ("r", Confirm.RESTORE, CommandKind.FORCE_RESTORE, off_grid()),
     ],
 )
 def test_shed_and_restore_ask_first_and_y_does_it(
-    key: str, question: Confirm, kind: CommandKind
+    key: str, question: Confirm, kind: CommandKind, snap: Snapshot
 ) -> None:
-    asked = handle_key(key, UiState(), snapshot())
+    asked = handle_key(key, UiState(), snap)
     assert asked.ui.confirm is question and asked.command is None
-    done = handle_key("y", asked.ui, snapshot())
+    done = handle_key("y", asked.ui, snap)
     assert done.command == Command(kind) and done.ui.confirm is None
-    assert "asked" in done.ui.message
+    assert done.ui.forced is not None and done.ui.forced.kind is kind
+    assert render(snap, done.ui, 100, 30)[-2].text == f" {kind.value}: asked…"
+
+
+def test_a_forced_command_with_nothing_to_switch_says_so_and_is_still_sent() -> None:
+    done = handle_key("y", UiState(confirm=Confirm.RESTORE), snapshot())  # nothing is shed
+    assert done.command == Command(CommandKind.FORCE_RESTORE) and done.ui.forced is None
+    assert done.ui.message == "force restore: nothing to switch back on"
 
 
 @pytest.mark.parametrize("answer", ["n", "escape", "q", " "])
@@ -768,3 +776,305 @@ def test_the_grid_line_says_when_a_secondary_source_decides() -> None:
     snap = off_grid(reading=unreadable, decided_by=decided)
     grid = line_with(render(snap, UiState(), 100, 30), "OFF GRID")
     assert "(the canary says; the Powerwall cannot)" in grid
+
+
+# --- one clock -------------------------------------------------------------------------------
+
+
+def timed(**kw: object) -> Snapshot:
+    """Off grid for 30 s, an outage confirmed in 10 s, two events, a UPS read 2 s ago."""
+    ups = GridReading(Grid.OFF, raw="OB", source="UPS")
+    defaults: dict[str, object] = {
+        "grid_since": NOW - 30,
+        "outage_since": NOW - 30,
+        "shed_at": NOW + 10,
+        "events": (
+            "14:29 grid lost (SystemIslandedActive), battery 60 %",
+            "14:29 Workstation: off (down after 6 s)",
+        ),
+        "event_times": (NOW - 30, NOW - 1),
+        "sources": (SourceRow("UPS", "ups@192.0.2.9:3493", ups, 2.0),),
+    }
+    defaults.update(kw)
+    return off_grid(**defaults)
+
+
+def test_every_time_in_the_demo_is_the_house_s() -> None:
+    """The house runs 60x: 30 s of the wall clock are 30 min of the house's."""
+    lines = render(timed(), UiState(demo=Demo(speed=60, hour=18.5)), 100, 30, now=NOW)
+    screen = text(lines)
+    assert "14:" not in screen  # not one time by the wall clock (14:30)
+    assert lines[0].text.rstrip().endswith("solar by time of day")
+    assert line_with(lines, "OFF GRID") == "● OFF GRID — on battery for 30 min, since 18:00"
+    assert "shedding in 10 min" in screen
+    assert "off grid (OB) · 2 min ago" in line_with(lines, "UPS ")
+    assert "─ events (house clock) ─" in screen
+    assert "  18:00 grid lost (SystemIslandedActive), battery 60 %" in screen
+    assert "  18:29 Workstation: off (down after 6 min)" in screen
+
+
+def test_without_the_demo_every_time_is_the_wall_clock() -> None:
+    lines = render(timed(), UiState(), 100, 30, now=NOW)
+    screen = text(lines)
+    assert lines[0].text.endswith("14:30 ")
+    assert line_with(lines, "OFF GRID") == "● OFF GRID — on battery for 30 s, since 14:29"
+    assert "shedding in 10 s" in screen and "off grid (OB) · 2 s ago" in screen
+    assert "  14:29 Workstation: off (down after 6 s)" in screen
+    assert "house" not in screen
+
+
+# --- time left while devices switch ------------------------------------------------------------
+
+
+def switching(stage: str) -> Snapshot:
+    """Half a battery, the heater (1.5 kW) and a lamp (100 W) sheddable, 1.1 kW besides them,
+    at each stage of the heater's shed and restore, as the engine publishes them: the load
+    settled before the switch (2.7 kW) until a reading with nothing switching shows 1.2 kW."""
+    heater = row("Heater", watts=1500.0, draw_w=1500.0, in_load=True)
+    off = replace(heater, power=Power.OFF, watts=None, shed_reason="off-grid")
+    stages: dict[str, tuple[DeviceRow, float, float]] = {
+        "on": (heater, 2700.0, 2700.0),
+        "switching off": (replace(heater, busy=Verb.SHED), 2700.0, 2700.0),
+        "off, load not read": (off, 2700.0, 2700.0),
+        "off, load read": (off, 1200.0, 2700.0),
+        "off, settled": (replace(off, in_load=False), 1200.0, 1200.0),
+        "back on, unmetered yet": (
+            replace(heater, watts=None, in_load=False, busy=None),
+            1200.0,
+            1200.0,
+        ),
+        "back on, settled": (replace(heater, watts=None), 2700.0, 2700.0),
+    }
+    device, load_w, settled_w = stages[stage]
+    reading = GridReading(Grid.OFF, "SystemIslandedActive", 50.0, load_w, 0.0)
+    lamp = row("Lamp", watts=100.0, draw_w=100.0, in_load=True)
+    return snapshot(reading=reading, devices=(device, lamp), load_settled_w=settled_w)
+
+
+def test_the_shed_estimate_holds_still_while_devices_switch() -> None:
+    stages = (
+        "on",
+        "switching off",
+        "off, load not read",
+        "off, load read",
+        "off, settled",
+        "back on, unmetered yet",
+        "back on, settled",
+    )
+    said = {
+        stage: line_with(render(switching(stage), UiState(), 100, 30), "time left")
+        for stage in stages
+    }
+    assert {s.split(", ", 1)[1] for s in said.values()} == {
+        "≈ 6 h 8 min with all sheddable off (13.5 kWh assumed)"
+    }
+    assert "≈ 2 h 30 min at 2.7 kW" in said["on"]  # the figure for now does follow the load
+    assert "≈ 5 h 37 min at 1.2 kW" in said["off, settled"]
+
+
+def test_solar_covering_the_load_with_sheddable_off_is_said_not_dropped() -> None:
+    reading = GridReading(Grid.OFF, "SystemIslandedActive", 50.0, 2700.0, 1500.0)
+    heater = row("Heater", watts=1500.0)
+    lines = render(
+        snapshot(reading=reading, devices=(row("Router", 0), heater)), UiState(), 100, 30
+    )
+    assert line_with(lines, "time left").endswith(
+        "at 1.2 kW, with all sheddable off solar covers the load (13.5 kWh assumed)"
+    )
+
+
+def test_with_everything_sheddable_off_the_estimate_says_so() -> None:
+    devices = (row("Router", 0), row("Heater", power=Power.OFF, shed_reason="off-grid"))
+    lines = render(off_grid(devices=devices), UiState(capacity_wh=13_500.0), 100, 30)
+    assert line_with(lines, "time left").endswith(", every sheddable device is off")
+
+
+def test_with_all_sheddable_off_is_never_shorter_than_now() -> None:
+    """Devices that report no draw stay in the settled load: while they switch off, the load
+    now may fall below it. Shedding only takes load away: the figure is at least now's."""
+    reading = GridReading(Grid.OFF, "SystemIslandedActive", 50.0, 900.0, 0.0)
+    devices = (row("TV", power=Power.OFF, shed_reason="off-grid", in_load=True),)
+    lines = render(
+        snapshot(reading=reading, devices=devices, load_settled_w=2700.0), UiState(), 100, 30
+    )
+    assert "≈ 7 h 30 min at 0.9 kW, ≥ 7 h 30 min with all sheddable off" in text(lines)
+
+
+# --- the events pane -------------------------------------------------------------------------
+
+GRID_LOST = "14:18 grid lost (SystemIslandedActive), battery 60 %"
+
+
+def said_at(at: float, words: str) -> str:
+    """An events line as the engine says it: its wall-clock HH:MM, then the words."""
+    return f"{time.strftime('%H:%M', time.localtime(at))} {words}"
+
+
+def outage_with_events(count: int) -> Snapshot:
+    """Off grid since 14:18, the grid lost line followed by `count` more, 3 s apart."""
+    times = [NOW - 11 * MIN + 3 * n for n in range(count)]
+    return off_grid(
+        events=(GRID_LOST, *(said_at(at, f"TV: event {n}") for n, at in enumerate(times))),
+        event_times=(NOW - 12 * MIN, *times),
+        outage_event=GRID_LOST,
+        outage_event_at=NOW - 12 * MIN,
+    )
+
+
+@pytest.mark.parametrize(("count", "height"), [(3, 30), (40, 30), (40, 50), (200, 24)])
+def test_the_change_that_began_the_outage_stays_pinned_above_the_events(
+    count: int, height: int
+) -> None:
+    lines = render(outage_with_events(count), UiState(), 100, height, now=NOW)
+    assert_fits(lines, 100, height)
+    rule = next(i for i, line in enumerate(lines) if "─ events " in line.text)
+    pinned = lines[rule + 1]
+    assert pinned.text == f"  {GRID_LOST}" and pinned.style is Style.BAD
+    assert sum("grid lost" in line.text for line in lines) == 1  # not again below
+    shown = [line.text for line in lines[rule + 2 : -1]]
+    newest = f"  {said_at(NOW - 11 * MIN + 3 * (count - 1), f'TV: event {count - 1}')}"
+    assert [line for line in shown if line][-1] == newest
+    if count > len(shown):
+        assert "" not in shown  # every row the pane has is used
+
+
+def test_no_pin_when_no_outage() -> None:
+    lines = render(snapshot(), UiState(), 100, 30)
+    rule = next(i for i, line in enumerate(lines) if "─ events " in line.text)
+    assert lines[rule + 1].text == "  14:00 ready: 6 devices (2 essential), on grid, battery 54 %"
+
+
+# --- counts ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("dry_run", "said"),
+    [
+        (False, "1 switched off by loadshed · 2 switching · 1 still on: switching off failed"),
+        (True, "2 would be switched off · 2 switching"),
+    ],
+)
+def test_counts_say_each_device_once_as_it_is_now(dry_run: bool, said: str) -> None:
+    devices = (
+        row("Off", power=Power.OFF, shed_reason="off-grid"),
+        row("Going", shed_reason="off-grid", busy=Verb.SHED),  # its intent is written first
+        row("Coming", power=Power.OFF, shed_reason="off-grid", busy=Verb.RESTORE),
+        row("Failed", shed_reason="off-grid", status=Status.UNREACHABLE, detail="no answer"),
+    )
+    lines = render(off_grid(devices=devices, dry_run=dry_run), UiState(), 100, 30)
+    assert line_with(lines, "switching").strip() == said
+
+
+# --- forced commands ------------------------------------------------------------------------
+
+FORCE_SHED_SAID = "14:30 force shed (forced from keyboard): 3 devices"
+
+
+def after_force(snap: Snapshot, at: float = NOW + 0.1, **states: object) -> Snapshot:
+    """The snapshot after the engine took a forced shed: its line, and devices as given."""
+    devices = tuple(
+        replace(r, **states[r.name]) if r.name in states else r  # type: ignore[arg-type]
+        for r in snap.devices
+    )
+    return replace(
+        snap,
+        taken_at=at,
+        devices=devices,
+        events=(*snap.events, FORCE_SHED_SAID),
+        event_times=(*([NOW - 30 * MIN] * len(snap.events)), at),
+    )
+
+
+def test_a_forced_shed_says_what_is_happening_and_clears_when_done() -> None:
+    before = snapshot()
+    ui = handle_key("y", handle_key("s", UiState(), before).ui, before).ui
+    assert ui.forced is not None and ui.forced.devices == ("Freezer", "Space heater", "TV")
+    ui = follow(ui, replace(before, taken_at=NOW + 1))  # not taken yet
+    assert render(before, ui, 100, 30)[-2].text == " force shed: asked…"
+
+    going = {"busy": Verb.SHED, "shed_reason": "forced from keyboard"}
+    gone = {"power": Power.OFF, "watts": None, "shed_reason": "forced from keyboard"}
+    steps = [
+        (dict.fromkeys(("Freezer", "Space heater", "TV"), going), "0 off, 3 switching…"),
+        ({"Freezer": gone, "Space heater": gone, "TV": going}, "2 off, 1 switching…"),
+    ]
+    for states, said in steps:
+        snap = after_force(before, **states)
+        ui = follow(ui, snap)
+        lines = render(snap, ui, 100, 30)
+        assert lines[-2].text == f" force shed: {said}"
+    assert "2 switched off by loadshed · 1 switching" in text(lines)  # the header agrees
+
+    done = after_force(before, **dict.fromkeys(("Freezer", "Space heater", "TV"), gone))
+    ui = follow(ui, done)
+    assert ui.forced is None and ui.message == ""
+    lines = render(done, ui, 100, 30)
+    assert not lines[-2].text.startswith(" force") and lines[-2].style is not Style.WARN
+
+
+def test_a_forced_restore_is_reported_once_and_clears() -> None:
+    before = off_grid()  # the heater and the TV shed
+    ui = handle_key("y", UiState(confirm=Confirm.RESTORE), before).ui
+    coming = {"busy": Verb.RESTORE}
+    back = {"power": Power.ON, "shed_reason": None}
+    said = []
+    for states in (
+        {"Space heater": coming, "TV": coming},
+        {"Space heater": back, "TV": coming},
+        {"Space heater": back, "TV": back},
+    ):
+        snap = after_force(before, **states)
+        ui = follow(ui, snap)
+        said.append(render(snap, ui, 100, 30)[-2].text)
+    assert said[:2] == [
+        " force restore: 0 back on, 2 switching…",
+        " force restore: 1 back on, 1 switching…",
+    ]
+    assert ui.forced is None and "force restore" not in said[2]
+
+
+def test_what_a_forced_command_could_not_switch_is_named_once_it_is_done() -> None:
+    before = snapshot()
+    ui = handle_key("y", UiState(confirm=Confirm.SHED), before).ui
+    gone = {"power": Power.OFF, "shed_reason": "forced from keyboard"}
+    failed = {"status": Status.UNREACHABLE, "detail": "no answer", "shed_reason": "forced"}
+    ui = follow(ui, after_force(before, Freezer=gone, TV=gone, **{"Space heater": failed}))
+    assert ui.forced is None
+    assert ui.message == "force shed: not switched: Space heater (see the table)"
+
+
+def test_a_forced_command_the_engine_never_answers_is_let_go() -> None:
+    before = snapshot()
+    ui = handle_key("y", UiState(confirm=Confirm.SHED), before).ui
+    assert follow(ui, replace(before, taken_at=NOW + 4)).forced is not None
+    later = follow(ui, replace(before, taken_at=NOW + 6))
+    assert later.forced is None and later.message.startswith("force shed: not switched: Freezer")
+
+
+# --- attached to a loadshed running elsewhere ----------------------------------------------
+
+
+def test_attached_q_asks_and_says_loadshed_keeps_running() -> None:
+    ui = UiState(attached=True)
+    asked = handle_key("q", ui, snapshot())  # nothing is shed: asked all the same
+    assert asked.ui.confirm is Confirm.QUIT and not asked.quit
+    prompt = render(snapshot(), asked.ui, 100, 30)[-2]
+    assert prompt.text == " Leave this screen? loadshed keeps running. y/n"
+    assert prompt.style is Style.PROMPT
+    left = handle_key("y", asked.ui, snapshot())
+    assert left.quit
+    assert render(snapshot(), left.ui, 100, 30)[-2].text.startswith(
+        " leaving this screen; loadshed keeps running"
+    )
+    assert not handle_key("n", asked.ui, snapshot()).quit
+    assert "leave this screen (y/n); loadshed keeps running" in text(
+        render(snapshot(), UiState(attached=True, help=True), 100, 30)
+    )
+
+
+def test_not_attached_the_quit_question_is_about_stopping() -> None:
+    asked = handle_key("q", UiState(), off_grid())
+    assert (
+        "Quit? y/n  What loadshed switched off stays off"
+        in render(off_grid(), asked.ui, 100, 30)[-2].text
+    )

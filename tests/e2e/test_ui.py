@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shlex
 import shutil
 import subprocess
@@ -21,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from loadshed.sim.house import SimHouse
+from loadshed.sim.house import SimHouse, sshd_available
 from tests.e2e.conftest import ESSENTIAL, SHEDDABLE, TIERS, WAIT_S, Loadshed, wait_until
 
 pytestmark = [
@@ -37,7 +38,9 @@ PROMPT = "pane$ "
 class Pane:
     """One tmux server with one session, running a command inside a shell."""
 
-    def __init__(self, command: list[str], cwd: Path) -> None:
+    def __init__(
+        self, command: list[str], cwd: Path, width: int = WIDTH, height: int = HEIGHT
+    ) -> None:
         self.socket = f"loadshed-test-{os.getpid()}-{uuid.uuid4().hex[:8]}"
         # COLUMNS and LINES (pytest-xdist's workers set 80 x 24) would override the pane's size.
         dropped = ("LOADSHED_", "TMUX", "COLUMNS", "LINES")
@@ -51,9 +54,9 @@ class Pane:
             "new-session",
             "-d",
             "-x",
-            str(WIDTH),
+            str(width),
             "-y",
-            str(HEIGHT),
+            str(height),
             "-s",
             "ui",
             "-c",
@@ -75,6 +78,10 @@ class Pane:
 
     def screen(self) -> str:
         return self.tmux("capture-pane", "-p", "-t", "ui")
+
+    def history(self) -> str:
+        """Everything the pane printed, scrolled off or not, wrapped lines joined."""
+        return self.tmux("capture-pane", "-p", "-J", "-S", "-", "-t", "ui")
 
     def keys(self, *keys: str) -> None:
         self.tmux("send-keys", "-t", "ui", *keys)
@@ -106,11 +113,11 @@ class Pane:
 
 
 @pytest.fixture
-def pane() -> Iterator[Callable[[list[str], Path], Pane]]:
+def pane() -> Iterator[Callable[..., Pane]]:
     started: list[Pane] = []
 
-    def _start(command: list[str], cwd: Path) -> Pane:
-        started.append(Pane(command, cwd))
+    def _start(command: list[str], cwd: Path, width: int = WIDTH, height: int = HEIGHT) -> Pane:
+        started.append(Pane(command, cwd, width, height))
         return started[-1]
 
     yield _start
@@ -289,3 +296,176 @@ def test_run_without_a_terminal_is_plain_lines(config: Path, tmp_path: Path) -> 
     assert code == 0
     assert "\x1b" not in daemon.output  # not one terminal escape
     assert daemon.saw("stopped")
+
+
+# --- the screen read by someone new (issue #14) ----------------------------------------------
+
+BUSY_STATES = frozenset({"switching off", "shutting down", "switching on", "waking"})
+CLOCK = re.compile(r"(?<![\d:.])(\d\d):(\d\d)(?![\d:])")  # 18:30, not 127.0.0.1:39251
+
+
+def columns(screen: str) -> dict[str, str]:
+    """Each table row's state and loadshed cells, cut at the column heads' places."""
+    lines = screen.splitlines()
+    head = next(line for line in lines if line.lstrip().startswith("name "))
+    kind, state, rule = head.index("kind"), head.index("state"), head.index("rule")
+    shed = head.index("loadshed")
+    return {
+        line[2:kind].strip(): f"{line[state:rule].strip()}|{line[shed:].strip()}"
+        for line in _table(screen)
+    }
+
+
+def counted(screen: str, pattern: str) -> int:
+    found = re.search(pattern, screen)
+    return int(found.group(1)) if found else 0
+
+
+def assert_counts_true(screen: str) -> None:
+    """The status line says exactly what the rows say: each device once, as it is now."""
+    cells = columns(screen).values()
+    busy = sum(c.split("|")[0] in BUSY_STATES for c in cells)
+    off = sum(c.split("|")[0] == "off" and c.split("|")[1].startswith("SHED") for c in cells)
+    status = screen.splitlines()[4]
+    assert (
+        counted(status, r"(\d+) switched off by loadshed"),
+        counted(status, r"(\d+) switching"),
+    ) == (
+        off,
+        busy,
+    ), screen
+
+
+def stable(pane: Pane) -> str:
+    """A screen captured twice alike: not one caught halfway through a redraw."""
+    while True:
+        first = pane.screen()
+        if pane.screen() == first:
+            return first
+
+
+def house_minutes(hhmm: tuple[str, str]) -> int:
+    return int(hhmm[0]) * 60 + int(hhmm[1])
+
+
+@pytest.mark.timeout(180)
+def test_demo_screen_one_clock_true_counts_pinned_outage_and_forced_status(
+    pane: Callable[..., Pane], tmp_path: Path
+) -> None:
+    demo = pane([sys.executable, "-m", "loadshed", "demo", "--speed", "60"], tmp_path, height=33)
+    screen = demo.wait_text("● on grid since")
+    title = screen.splitlines()[0]
+    assert title.rstrip().endswith("solar by time of day")  # no wall clock beside the house's
+    now = house_minutes(CLOCK.findall(title)[0])
+    for hhmm in CLOCK.findall("\n".join(screen.splitlines()[1:])):  # since, events: the house's
+        assert 0 <= (now - house_minutes(hhmm)) % (24 * 60) <= 30, (hhmm, screen)
+    assert "─ events (house clock) ─" in screen
+
+    demo.keys("g")  # the outage: every screen's counts agree with its rows
+    deadline = time.monotonic() + WAIT_S
+    while True:
+        screen = stable(demo)
+        if "OFF GRID" in screen:
+            assert_counts_true(screen)
+            states = [c.split("|")[0] for c in columns(screen).values()]
+            if "shed finished" in screen and not BUSY_STATES & set(states):
+                break
+        assert time.monotonic() < deadline, f"the shed did not settle:\n{screen}"
+        time.sleep(0.05)
+    lines = screen.splitlines()
+    rule = next(i for i, line in enumerate(lines) if line.startswith("─ events"))
+    assert re.fullmatch(
+        r"  \d\d:\d\d grid lost \(SystemIslandedActive\), battery \d+ %", lines[rule + 1]
+    )
+    assert "" not in lines[rule + 1 : -2], screen  # every row of the events pane is used
+    now = house_minutes(CLOCK.findall(lines[0])[0])
+    since = house_minutes(CLOCK.findall(lines[1])[0])  # OFF GRID — on battery for …, since
+    assert 0 <= (now - since) % (24 * 60) <= 30, screen
+
+    demo.keys("g")  # the grid back: the restore, then the outage's line goes
+    demo.wait("every shed row back on", rows_are_on(SHEDDABLE), 40)
+    demo.wait("the outage over", lambda s: "SHED" not in s and "grid lost" not in s, 40)
+
+    demo.keys("s")
+    demo.wait_text("Force a shed now? y/n")
+    demo.keys("y")
+    said: list[str] = []
+    deadline = time.monotonic() + WAIT_S
+    while True:
+        screen = stable(demo)
+        assert time.monotonic() < deadline, f"the forced shed's line stayed:\n{screen}"
+        bottom = screen.rstrip("\n").splitlines()[-2]
+        if "y/n" in bottom:  # the y not read yet
+            continue
+        if not bottom.startswith(" force shed:"):
+            break  # done: the line is gone
+        said.append(bottom)
+        cells = columns(screen).values()
+        if "asked" not in bottom:
+            off = sum(c.startswith("off|SHED forced") for c in cells)
+            busy = sum(c.split("|")[0] in BUSY_STATES for c in cells)
+            assert bottom.startswith(f" force shed: {off} off, {busy} switching"), screen
+        time.sleep(0.05)
+    if sshd_available():  # the computers take seconds to shut down: the line was seen
+        assert any(re.match(r" force shed: \d+ off, \d+ switching", line) for line in said)
+    assert rows_say(SHEDDABLE, " off ", "SHED forced from keyboard")(screen), screen
+
+    demo.keys("q")
+    demo.wait_text("Quit? y/n")
+    demo.keys("y")
+    screen = demo.wait_text("EXITED 0")
+    lines = [line for line in screen.splitlines() if line]
+    assert lines[: lines.index("EXITED 0")][-1:] == [
+        "That was the demo. Run `loadshed check` against your own house next (see README)."
+    ]
+    assert sum("loadshed check" in line for line in lines) == 1
+
+
+@pytest.mark.timeout(150)
+def test_the_demo_on_a_terminal_that_cannot_draw_plays_in_plain_lines(
+    pane: Callable[..., Pane], tmp_path: Path
+) -> None:
+    command = [sys.executable, "-m", "loadshed", "demo", "--speed", "3000"]
+    demo = pane(["env", "TERM=dumb", *command], tmp_path)
+    demo.wait_text("EXITED", 140)
+    out = demo.history()
+    assert "EXITED 0" in out, out
+    lines = out.splitlines()
+    assert lines[0] == (
+        "loadshed: this terminal cannot draw the screen (TERM=dumb cannot move the cursor); "
+        "plain lines instead."
+    )
+    assert "Traceback" not in out and "\x1b" not in out
+    assert "The end. Run `loadshed check` against your own house next" in out
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    ("term", "size", "why"),
+    [
+        pytest.param(
+            "no-such-terminal",
+            (WIDTH, HEIGHT),
+            "cannot draw the screen (TERM=no-such-terminal is not in terminfo)",
+            id="unknown-term",
+        ),
+        pytest.param(None, (60, 20), "is 60x20, too small for the screen (70x14)", id="small"),
+    ],
+)
+def test_run_on_a_terminal_that_cannot_draw_says_why_in_one_line(
+    pane: Callable[..., Pane],
+    config: Path,
+    tmp_path: Path,
+    term: str | None,
+    size: tuple[int, int],
+    why: str,
+) -> None:
+    """One sentence, never a curses traceback; plain lines, if any follow, stop on SIGINT."""
+    command = [sys.executable, "-m", "loadshed", "run", "--config", str(config)]
+    command += ["--state-dir", str(tmp_path / "state")]
+    stop = ["timeout", "-s", "INT", "10"]
+    run = pane([*(["env", f"TERM={term}"] if term else []), *stop, *command], tmp_path, *size)
+    run.wait_text("EXITED", 30)
+    out = run.history()
+    assert f"loadshed: this terminal {why}" in out, out
+    assert "Traceback" not in out and "Error opening terminal" not in out
