@@ -253,7 +253,7 @@ def attach(args: argparse.Namespace, env: Mapping[str, str], out: TextIO) -> int
 
     monitor = RemoteMonitor(connection)
     try:
-        code = run_ui(monitor)  # type: ignore[arg-type]
+        code = run_ui(monitor, attached=True)  # type: ignore[arg-type]
     finally:
         monitor.stop()
     return int(code)

@@ -136,10 +136,14 @@ def run(args: argparse.Namespace, env: Mapping[str, str], out: TextIO) -> int:
 
     try:
         if wants_screen(out, args.no_ui):
-            from loadshed.ui import run_ui  # only here: plain mode never imports curses
+            from loadshed.ui import CannotDraw, run_ui  # only here: plain mode never imports curses
 
-            with logs_held():
-                run_ui(monitor)
+            try:
+                with logs_held():
+                    run_ui(monitor)
+            except CannotDraw as why:  # said before the monitor started: plain mode instead
+                print(f"loadshed: {why}; plain lines instead.", file=out, flush=True)
+                _run_plain(monitor, config)
         else:
             _run_plain(monitor, config)
     finally:
