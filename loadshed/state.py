@@ -86,6 +86,28 @@ class State:
     pins: Mapping[str, Pin] = field(default_factory=dict)  # the owner's keep on / keep off
 
 
+def write_private(path: Path, text: str, tmp: Path) -> None:
+    """Replace path with text, all or nothing (through tmp, fsynced, then renamed), readable
+    only by the owner. OSError leaves path as it was and no temporary file."""
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, PRIVATE_FILE)
+    try:
+        with open(fd, "w", encoding="utf-8") as f:
+            os.fchmod(fd, PRIVATE_FILE)  # a temporary file left by a crash keeps its mode
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    dir_fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
 def default_state_dir() -> Path:
     return Path(platformdirs.user_state_dir("loadshed", appauthor=False))
 
@@ -163,24 +185,7 @@ class StateStore:
         """
         text = json.dumps(_encode(state), indent=2, sort_keys=True) + "\n"
         self._ensure_dir()
-        tmp = self.path.with_name(STATE_FILE + ".tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, PRIVATE_FILE)
-        try:
-            with open(fd, "w", encoding="utf-8") as f:
-                os.fchmod(fd, PRIVATE_FILE)  # a temporary file left by a crash keeps its mode
-                f.write(text)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, self.path)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-            raise
-        dir_fd = os.open(self.dir, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+        write_private(self.path, text, self.path.with_name(STATE_FILE + ".tmp"))
 
     def events_handler(self) -> logging.handlers.RotatingFileHandler:
         """A rotating handler for events.log (one line per event), private to the owner."""

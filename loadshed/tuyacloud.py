@@ -47,6 +47,7 @@ import tinytuya  # type: ignore[import-untyped]
 from loadshed.config import Config
 from loadshed.errors import LoadshedError
 from loadshed.logs import redact_secrets
+from loadshed.state import write_private
 
 _LOG = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -57,7 +58,6 @@ KEYS_FILE: Final = "tuya-keys.json"
 KEYS_VERSION: Final = 1
 KEY_CHARS: Final = 16
 PRIVATE_DIR: Final = 0o700
-PRIVATE_FILE: Final = 0o600
 PLACEHOLDER_TOKEN: Final = "loadshed"  # keeps tinytuya's constructor off the network
 LIBRARY_LOG_LEVEL: Final = logging.INFO  # tinytuya's DEBUG lines carry the secret and token
 SHOWN_CHARS: Final = 80  # of a cloud's message quoted in an error line
@@ -433,23 +433,7 @@ class KeyCache:
         _make_private_dir(self.dir)
         # Unique: the daemon and `loadshed check` may write at the same moment.
         tmp = self.path.with_name(f"{KEYS_FILE}.{os.getpid()}.{threading.get_ident()}.tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, PRIVATE_FILE)
-        try:
-            with open(fd, "w", encoding="utf-8") as f:
-                os.fchmod(fd, PRIVATE_FILE)
-                f.write(text)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, self.path)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-            raise
-        dir_fd = os.open(self.dir, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+        write_private(self.path, text, tmp)
 
     def _set_aside(self, why: str, keep: dict[str, CachedKey]) -> dict[str, CachedKey]:
         """Move the damaged file aside, say so, and write back the entries that were good."""
