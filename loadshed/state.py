@@ -128,7 +128,7 @@ class StateStore:
     def open(self) -> None:
         """Create the dir (0700) and lock it; LoadshedError if another loadshed holds it."""
         try:
-            _make_private_dir(self.dir)
+            make_private_dir(self.dir)
             self.dir.chmod(PRIVATE_DIR)
             fd = os.open(self.dir, os.O_RDONLY | os.O_DIRECTORY)
         except OSError as err:
@@ -218,11 +218,11 @@ class StateStore:
                 st = None
             if not self._is_open:  # a store nobody locked: only make sure there is a dir
                 if st is None:
-                    _make_private_dir(self.dir)
+                    make_private_dir(self.dir)
                 return
             if st is not None and (st.st_dev, st.st_ino) == self._locked:
                 return
-            _make_private_dir(self.dir)
+            make_private_dir(self.dir)
             self.dir.chmod(PRIVATE_DIR)  # one put in its place by hand, as open() would
             fd = os.open(self.dir, os.O_RDONLY | os.O_DIRECTORY)
             if not _try_lock(fd):
@@ -330,7 +330,7 @@ def _rotate_private(source: str, dest: str) -> None:
         os.chmod(dest, PRIVATE_FILE)
 
 
-def _make_private_dir(path: Path) -> None:
+def make_private_dir(path: Path) -> None:
     """Create path and any missing parents 0700; chmod the ones made, whatever the umask."""
     missing: list[Path] = []
     while not path.exists() and path != path.parent:

@@ -47,7 +47,7 @@ import tinytuya  # type: ignore[import-untyped]
 from loadshed.config import Config
 from loadshed.errors import LoadshedError
 from loadshed.logs import redact_secrets
-from loadshed.state import write_private
+from loadshed.state import make_private_dir, write_private
 
 _LOG = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -57,7 +57,6 @@ HOST_ENV: Final = "LOADSHED_TUYA_CLOUD_HOST"  # host[:port] instead of the regio
 KEYS_FILE: Final = "tuya-keys.json"
 KEYS_VERSION: Final = 1
 KEY_CHARS: Final = 16
-PRIVATE_DIR: Final = 0o700
 PLACEHOLDER_TOKEN: Final = "loadshed"  # keeps tinytuya's constructor off the network
 LIBRARY_LOG_LEVEL: Final = logging.INFO  # tinytuya's DEBUG lines carry the secret and token
 SHOWN_CHARS: Final = 80  # of a cloud's message quoted in an error line
@@ -430,7 +429,7 @@ class KeyCache:
             },
         }
         text = json.dumps(doc, indent=2, sort_keys=True) + "\n"
-        _make_private_dir(self.dir)
+        make_private_dir(self.dir)
         # Unique: the daemon and `loadshed check` may write at the same moment.
         tmp = self.path.with_name(f"{KEYS_FILE}.{os.getpid()}.{threading.get_ident()}.tmp")
         write_private(self.path, text, tmp)
@@ -493,15 +492,3 @@ def _why(err: BaseException) -> str:
     if isinstance(err, OSError) and err.strerror:
         return err.strerror
     return type(err).__name__
-
-
-def _make_private_dir(path: Path) -> None:
-    """Create path and any missing parents 0700, whatever the umask."""
-    missing: list[Path] = []
-    while not path.exists() and path != path.parent:
-        missing.append(path)
-        path = path.parent
-    for made in reversed(missing):
-        with contextlib.suppress(FileExistsError):
-            made.mkdir(mode=PRIVATE_DIR)
-        made.chmod(PRIVATE_DIR)

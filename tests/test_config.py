@@ -370,7 +370,7 @@ def test_a_secret_in_the_wrong_place_is_never_echoed(
 
 
 def test_tedapi_needs_the_gateway_password_not_the_customer_one(tmp_path: Path) -> None:
-    text = 'PWIPNAME = "192.168.91.1"\nPOWERWALL_API = "tedapi"\n'
+    text = 'PWIPNAME = "192.0.2.91"\nPOWERWALL_API = "tedapi"\n'
     message = error_of(tmp_path, text)
     assert ":2: PW_GATEWAY_PASSWORD is not set" in message
     assert "QR sticker" in message
@@ -380,7 +380,7 @@ def test_tedapi_needs_the_gateway_password_not_the_customer_one(tmp_path: Path) 
 
 
 def test_v1r_needs_the_rsa_key(tmp_path: Path) -> None:
-    message = error_of(tmp_path, 'PWIPNAME = "192.168.91.1"\nPOWERWALL_API = "v1r"\n')
+    message = error_of(tmp_path, 'PWIPNAME = "192.0.2.91"\nPOWERWALL_API = "v1r"\n')
     assert "PW_RSA_KEY is not set" in message
     assert "registered with the gateway" in message
 

@@ -206,9 +206,9 @@ def test_the_listen_hears_3_1_and_3_3_broadcasts_and_ignores_garbage() -> None:
 
     def send(bound: list[tuple[str, int]]) -> None:
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-            clear = {"ip": "192.168.1.31", "gwId": "bf31", "active": 2, "version": "3.1"}
+            clear = {"ip": "192.0.2.31", "gwId": "bf31", "active": 2, "version": "3.1"}
             sock.sendto(frame(0x12, json.dumps(clear).encode()), bound[0])
-            secret = {"ip": "192.168.1.33", "gwId": "bf33", "productKey": "k", "version": "3.3"}
+            secret = {"ip": "192.0.2.33", "gwId": "bf33", "productKey": "k", "version": "3.3"}
             sock.sendto(frame(0x13, encrypted(secret)), bound[1])
             sock.sendto(b"not a tuya frame", bound[1])
             sock.sendto(frame(0x13, b"\x00" * 16), bound[1])
@@ -217,8 +217,8 @@ def test_the_listen_hears_3_1_and_3_3_broadcasts_and_ignores_garbage() -> None:
     heard, problems = asyncio.run(listen_for_tuya(listen))
     assert problems == []
     assert heard == {
-        "bf31": Heard("bf31", "192.168.1.31", 3.1),
-        "bf33": Heard("bf33", "192.168.1.33", 3.3),
+        "bf31": Heard("bf31", "192.0.2.31", 3.1),
+        "bf33": Heard("bf33", "192.0.2.33", 3.3),
     }
 
 
@@ -228,14 +228,14 @@ def test_a_plug_heard_on_the_lan_gets_its_ip_and_version_in_the_paste(
     fan, lamp = "bf" + "7" * 18, "bf" + "8" * 18
     findings = Findings(
         heard={
-            fan: Heard(fan, "192.168.1.77", 3.4),
-            lamp: Heard(lamp, "192.168.1.88", 3.3),
+            fan: Heard(fan, "192.0.2.77", 3.4),
+            lamp: Heard(lamp, "192.0.2.88", 3.3),
         },
         cloud=[CloudDevice(fan, "Garage fan", "f" * 16, category="cz")],
     )
     text = render(findings, load_config(config), show_keys=True)
     fan_line = line_of(pasted(text), '{"name": "Garage fan"')  # IP, version and key known
-    assert '"ip": "192.168.1.77"' in fan_line and '"version": 3.4' in fan_line
+    assert '"ip": "192.0.2.77"' in fan_line and '"version": 3.4' in fan_line
     assert '"key": "ffffffffffffffff"' in fan_line
     lamp_line = line_of(pasted(text), '# {"name": "Tuya 888888"')  # no key: commented out
-    assert '"ip": "192.168.1.88"' in lamp_line and "local key unknown" in lamp_line
+    assert '"ip": "192.0.2.88"' in lamp_line and "local key unknown" in lamp_line

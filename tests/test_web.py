@@ -520,7 +520,7 @@ def test_the_page_is_off_by_default(tmp_path: Path) -> None:
     ("written", "expected"),
     [
         ("0.0.0.0:8470", HostPort("0.0.0.0", 8470)),
-        ("192.168.1.10:80", HostPort("192.168.1.10", 80)),
+        ("192.0.2.10:80", HostPort("192.0.2.10", 80)),
         ("[::]:8470", HostPort("::", 8470)),
         ("monitor-pc.lan:8470", HostPort("monitor-pc.lan", 8470)),
         ("", None),
