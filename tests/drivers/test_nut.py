@@ -22,6 +22,7 @@ from loadshed.drivers.backoff import LOGIN_FIRST_S
 from loadshed.drivers.nut import NutSource, grid_from_status
 from loadshed.model import UPS, Grid, GridReading, Status
 from loadshed.sim.loop import LoopThread
+from tests.drivers.test_powerwall import FakeClock
 from tests.nut import (
     HOST,
     PASSWORD,
@@ -36,19 +37,6 @@ QUICK_S: Final = 0.5  # driver timeout where a hang is expected: the test waits 
 SLACK_S: Final = 2.0  # a bounded read may overrun its timeout by this much on a busy machine
 HANG_GUARD_S: Final = 30  # pytest-timeout for tests that provoke a hang or stop the server
 WRONG_PASSWORD: Final = "not-the-nut-Secret-3a"
-
-
-class FakeClock:
-    """A monotonic clock the test moves by hand (login back-off)."""
-
-    def __init__(self, now: float = 1_000.0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
 
 
 class Reader:

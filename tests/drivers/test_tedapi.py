@@ -39,6 +39,7 @@ from loadshed.model import Grid, GridReading, Status
 from loadshed.sim.base import Fault, SiteState
 from loadshed.sim.loop import LoopThread
 from loadshed.sim.tedapi import GRID_CONNECTED, GRID_ISLANDED, TedapiSim
+from tests.drivers.test_powerwall import FakeClock
 
 PASSWORD: Final = "gw-Secret-9F3B2"
 WRONG_PASSWORD: Final = "not-the-Secret-77"
@@ -62,19 +63,6 @@ pytestmark = [
     # and the driver's filter for pypowerwall's v1r key warnings (the detail says it instead)
     pytest.mark.filterwarnings("ignore::UserWarning:pypowerwall"),
 ]
-
-
-class FakeClock:
-    """A monotonic clock the test moves by hand."""
-
-    def __init__(self, now: float = 1_000.0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
 
 
 class Rig:
