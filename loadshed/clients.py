@@ -19,6 +19,7 @@ from typing import Any, Final, TextIO
 
 from loadshed.config import load_config
 from loadshed.control import (
+    PIN_WORDS,
     SOCKET_NAME,
     Connection,
     NoDaemon,
@@ -28,7 +29,7 @@ from loadshed.control import (
 )
 from loadshed.engine import Command, CommandKind, Snapshot
 from loadshed.errors import ConfigError, ExitCode, LoadshedError
-from loadshed.model import Action, Grid, Outcome, Pin, Power, Status
+from loadshed.model import Action, Grid, Outcome, Power, Status
 from loadshed.policy import ESSENTIAL
 from loadshed.state import default_state_dir
 from loadshed.wire import WireError, decode, encode
@@ -38,7 +39,6 @@ START_HINT: Final = (
     "start one with `loadshed run` (in a terminal, with its screen) or `loadshed run --no-ui` "
     '(as a service: README "Running it")'
 )
-PIN_WORDS: Final = {Pin.ON: "on", Pin.OFF: "off", None: "auto"}
 
 
 def sockets(args: argparse.Namespace, env: Mapping[str, str]) -> list[Path]:
@@ -257,7 +257,3 @@ def attach(args: argparse.Namespace, env: Mapping[str, str], out: TextIO) -> int
     finally:
         monitor.stop()
     return int(code)
-
-
-def pin_value(word: str) -> Pin | None:
-    return {"on": Pin.ON, "off": Pin.OFF, "auto": None}[word]

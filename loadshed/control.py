@@ -61,7 +61,8 @@ PARTIAL_LINE_S: Final = 5.0  # half a request, then silence: disconnected
 STALL_S: Final = 10.0  # a client that reads nothing for this long is disconnected
 COMMAND_WAIT_S: Final = 600.0  # a command's outcomes are awaited this long (a NAS shutdown)
 CONNECT_TIMEOUT_S: Final = 3.0  # a client: the daemon's hello must come within this
-PINS: Final = {"on": Pin.ON, "off": Pin.OFF, "auto": None}
+PINS: Final = {"on": Pin.ON, "off": Pin.OFF, "auto": None}  # a pin as the owner words it
+PIN_WORDS: Final = {pin: word for word, pin in PINS.items()}
 _PEERCRED: Final = struct.Struct("3i")  # struct ucred: pid, uid, gid
 
 
@@ -390,9 +391,6 @@ class Connection:
             yield doc
             if doc.get("type") == "done":
                 return
-
-    def fileno(self) -> int:
-        return self._sock.fileno()
 
     def close(self) -> None:
         with contextlib.suppress(OSError):

@@ -23,11 +23,11 @@ from typing import Final, TextIO
 
 from loadshed.computers import Computer, check_power_rules, load_computers
 from loadshed.config import Config, load_config
-from loadshed.control import answers, house_socket
+from loadshed.control import PIN_WORDS, PINS, answers, house_socket
 from loadshed.engine import Command, CommandKind, Engine
 from loadshed.errors import ExitCode, LoadshedError
 from loadshed.logs import redact_secrets
-from loadshed.model import Pin, Power, Status, Verb
+from loadshed.model import Power, Status, Verb
 from loadshed.monitor import Monitor
 from loadshed.notify import Notifier
 from loadshed.policy import ESSENTIAL
@@ -39,7 +39,6 @@ _LOG = logging.getLogger(__name__)
 
 JOIN_POLL_S: Final = 0.5  # the main thread wakes this often so signals are handled promptly
 HELD_LOG_LINES: Final = 20  # errors logged while the screen was up, printed when it closes
-PIN_WORDS: Final = {Pin.ON: "on", Pin.OFF: "off", None: "auto"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -198,8 +197,9 @@ def one_shot(args: argparse.Namespace, env: Mapping[str, str], out: TextIO) -> i
     engine, then exit."""
     setup = _setup(args, env)
     if args.verb == "pin":
-        pin = {"on": Pin.ON, "off": Pin.OFF, "auto": None}[args.pin]
-        command = Command(CommandKind.PIN, origin="command line", device=args.name, pin=pin)
+        command = Command(
+            CommandKind.PIN, origin="command line", device=args.name, pin=PINS[args.pin]
+        )
     else:
         kind = CommandKind.FORCE_SHED if args.verb == "shed" else CommandKind.FORCE_RESTORE
         command = Command(kind, origin="command line")
