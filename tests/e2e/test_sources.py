@@ -96,7 +96,9 @@ def test_the_powerwall_and_the_canary_disagree_alert_then_act_on_the_powerwall_o
     on answering. The owner is told who says what; the shed waits the extra time and happens
     once, nothing flaps."""
     daemon = start()
-    daemon.wait_for_line("ready:")
+    # The canary's first reading, not just "ready:": until it has one it cannot tell, and the
+    # Powerwall alone decides (a loaded machine once cut the grid before that first reading).
+    daemon.wait_for_line("canary: on grid")
     house.cut_grid(canaries=False)  # the canary still has power
     daemon.wait_for_line("grid sources disagree: Powerwall says off grid, canary says on grid")
     assert all(house.is_on(n) for n in SHEDDABLE)  # not yet: the extra wait
