@@ -159,13 +159,26 @@ class SourceRow:
 
 @dataclass
 class _Batch:
-    """Actions started together; one event when the last of them ends."""
+    """One shed or restore as the owner hears of it: the actions of one grid change or command,
+    those started late included (a plug cut after its computer is down, a computer restored
+    after its shutdown); one event when the last of them ends."""
 
+    verb: Verb
     kind: EventKind | None  # None: retries, which are logged but not announced
     battery_pct: float | None
-    left: int
+    left: int = 0
     done: list[str] = field(default_factory=list)
     failed: list[tuple[str, str]] = field(default_factory=list)
+
+    def succeeded(self, name: str) -> None:
+        """One action ended well: a retry's success replaces its earlier failure."""
+        self.left -= 1
+        self.failed = [(n, why) for n, why in self.failed if n != name]
+        self.done.append(name)
+
+    def failed_on(self, name: str, why: str) -> None:
+        self.left -= 1
+        self.failed = [(n, was) for n, was in self.failed if n != name] + [(name, why)]
 
 
 class Engine:
@@ -213,6 +226,7 @@ class Engine:
         self._started_switching: set[str] = set()  # in flight and past their dependencies
         self._deferred: dict[str, Action] = {}  # forced actions waiting for a busy device
         self._held: dict[str, str] = {}  # plugs kept on for their computers (policy Rule 9)
+        self._open: dict[EventKind, _Batch] = {}  # announced batches not yet told
         self._closing = False
         self._reaching: asyncio.Task[ConfigError | None] | None = None  # devices still joining
         self._recent: list[str] = []
@@ -637,6 +651,7 @@ class Engine:
             )
         self.memory = decision.memory
         self._start(decision.actions, battery_pct, forced=forced)
+        self._settle()
 
     def _start(self, actions: Sequence[Action], battery_pct: float | None, *, forced: bool) -> None:
         """Start the actions whose device is free (and, unless forced, past its back-off)."""
@@ -663,12 +678,8 @@ class Engine:
             group = [(a, d) for a, d in ready if a.verb is verb]
             if not group:
                 continue
-            retries = all(d.failures > 0 for _, d in group)
-            batch = _Batch(
-                None if retries else _event_kind(verb, group[0][0].reason),
-                battery_pct,
-                len(group),
-            )
+            batch = self._batch_for(verb, group, battery_pct)
+            batch.left += len(group)
             for action, device in group:
                 device.busy = verb
                 device.epoch += 1
@@ -677,6 +688,47 @@ class Engine:
                 self._tasks.add(task)
                 self._inflight[action.device] = (action, task)
                 task.add_done_callback(functools.partial(self._ended, action, device, batch))
+
+    def _batch_for(
+        self, verb: Verb, group: Sequence[tuple[Action, Device]], battery_pct: float | None
+    ) -> _Batch:
+        """The open batch these actions belong to, or a new one. Retries join an open batch of
+        their verb (a success there replaces the failure told); alone, they are not announced."""
+        if all(d.failures > 0 for _, d in group):
+            joined = next((b for b in self._open.values() if b.verb is verb), None)
+            return joined if joined is not None else _Batch(verb, None, battery_pct)
+        kind = _event_kind(verb, group[0][0].reason)
+        batch = self._open.get(kind)
+        if batch is None:
+            batch = self._open[kind] = _Batch(verb, kind, battery_pct)
+        return batch
+
+    def _still_to_start(self, verb: Verb) -> bool:
+        """Whether actions of this verb wait for a device that is switching: a forced action
+        deferred, one the policy asks for on a device still doing the other verb, a plug held
+        until its computer is down. They belong to the batch open now."""
+        if any(action.verb is verb for action in self._deferred.values()):
+            return True
+        devices = self.registry.devices
+        for action in self._decision.actions:
+            device = devices.get(action.device)
+            if action.verb is verb and device is not None and device.busy not in (None, verb):
+                return True
+        if verb is not Verb.SHED:
+            return False
+        return any(
+            devices[name].busy is not None
+            for plug in self._held
+            for name in self.registry.powered_by(plug)
+            if name in devices
+        )
+
+    def _settle(self) -> None:
+        """Tell each open batch that is over: none of its actions left, none still to start."""
+        for kind, batch in list(self._open.items()):
+            if batch.left == 0 and not self._still_to_start(batch.verb):
+                del self._open[kind]
+                self._batch_done(batch)
 
     def _defer(self, action: Action) -> None:
         """A forced action on a busy device: after what it is doing (cancelled if not begun).
@@ -780,10 +832,9 @@ class Engine:
             self._not_reached(action, device, batch, outcome)
         else:
             self._failed(action, device, batch, outcome)
-        if batch.left == 0:
-            self._batch_done(batch)
         if action.device in self.registry.computers and action.verb is Verb.SHED:
-            self.decide()  # its plug may be waiting for it (policy Rule 9)
+            self.decide()  # its plug may be waiting for it (policy Rule 9): the same batch
+        self._settle()
 
     async def _switch_off(self, action: Action, device: Device) -> Outcome:
         """Switch a device off; a plug last read a while ago is read first, so that "it was on
@@ -832,8 +883,7 @@ class Engine:
             logging.WARNING,
             event=True,
         )
-        batch.left -= 1
-        batch.failed.append((action.device, f"not reached: {outcome.detail}"))
+        batch.failed_on(action.device, f"not reached: {outcome.detail}")
 
     def _ended(
         self, action: Action, device: Device, batch: _Batch, task: asyncio.Task[None]
@@ -863,11 +913,10 @@ class Engine:
             else:
                 self._say(f"{action.device}: not switched (cancelled before it started)")
             batch.left -= 1
-            if batch.left == 0:
-                self._batch_done(batch)
         elif task.exception() is not None:
             _LOG.error("%s: %s", action.device, task.exception())
         self._run_deferred(action.device)
+        self._settle()
         self._publish()
 
     async def _dependencies(self, action: Action) -> Outcome | None:
@@ -987,8 +1036,7 @@ class Engine:
             if not self.dry_run:
                 self._say(f"{action.device}: on{said}", event=True)
         self._set_state(replace(self.state, shed=entries))
-        batch.left -= 1
-        batch.done.append(action.device)
+        batch.succeeded(action.device)
 
     def _failed(self, action: Action, device: Device, batch: _Batch, outcome: Outcome) -> None:
         device.failures += 1
@@ -1017,8 +1065,7 @@ class Engine:
             logging.WARNING,
             event=True,
         )
-        batch.left -= 1
-        batch.failed.append((action.device, why))
+        batch.failed_on(action.device, why)
 
     def _batch_done(self, batch: _Batch) -> None:
         if batch.kind is None or self.dry_run:

@@ -14,7 +14,7 @@ from loadshed.computers import load_computers
 from loadshed.config import load_config
 from loadshed.drivers.computer import ComputerSwitch
 from loadshed.engine import Command, CommandKind, Engine
-from loadshed.model import Pin, Power, Verb
+from loadshed.model import Event, EventKind, Pin, Power, Verb
 from loadshed.sim.house import SimHouse
 from loadshed.state import StateStore
 
@@ -38,8 +38,10 @@ def test_forced_restore_while_computers_shut_down_brings_everything_back(
     store = StateStore(tmp_path / "state")
     store.open()
 
+    events: list[Event] = []
+
     async def scenario() -> tuple[set[str], set[str], str]:
-        engine = Engine(config, store, computers=computers)
+        engine = Engine(config, store, computers=computers, on_event=events.append)
         await engine.start()
         house.cut_grid()
         await engine.poll()
@@ -62,6 +64,10 @@ def test_forced_restore_while_computers_shut_down_brings_everything_back(
     assert house.is_on("NAS plug") and house.hard_cuts == []
     assert all(h.is_up for h in house.hosts.values())
     assert all(house.is_on(n) for n in ("Monitor", "Printer", "TV", "Space heater"))
+    # The computers restored after their shutdowns are part of the one restore the owner
+    # asked for: one message, not one per device that started late.
+    (restored,) = (e for e in events if e.kind is EventKind.RESTORE_DONE)
+    assert {"NAS", "Workstation"} <= set(restored.done) and restored.failed == ()
 
 
 async def _poll_until(engine: Engine, done: Callable[[], bool], what: str) -> None:

@@ -71,6 +71,12 @@ def test_computers_named_by_alias_shut_down_before_their_plug_and_come_back(
     assert not daemon.saw("did not come back")
     assert [off for plug, off in house.plug_cycles if plug == "NAS plug"][-1] >= AC_LOSS_S
     assert daemon.stop() == 0
+    # One outage, one shed and one restore told: the NAS plug, cut after the computers, is
+    # part of the shed, not a second "shed finished".
+    (shed,) = (line for line in daemon.lines if "shed finished:" in line)
+    assert "7 done" in shed, shed
+    (restored,) = (line for line in daemon.lines if "restore finished:" in line)
+    assert "7 done" in restored, restored
 
 
 def test_check_shows_where_an_alias_leads(house: SimHouse, config: Path, tmp_path: Path) -> None:
