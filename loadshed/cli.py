@@ -112,6 +112,26 @@ def _parser() -> argparse.ArgumentParser:
     init.add_argument("--mail-to", help="where alerts go (asked when not given)")
     init.add_argument("--force", action="store_true", help="replace existing files, unasked")
     init.add_argument("--yes", action="store_true", help="ask nothing: use the flags as given")
+    looking = init.add_mutually_exclusive_group()
+    looking.add_argument(
+        "--discover",
+        action="store_true",
+        default=None,
+        help="look for Kasa and Tuya plugs and write them in",
+    )
+    looking.add_argument(
+        "--no-discover",
+        dest="discover",
+        action="store_false",
+        help="do not look for plugs (the default with --yes)",
+    )
+    init.add_argument(
+        "--target",
+        action="append",
+        default=[],
+        metavar="ADDRESS",
+        help="look for Kasa only at this host[:port] (repeatable)",
+    )
 
     notify_test = verbs.add_parser(
         "notify-test", help="send one test message through every alert channel, now"

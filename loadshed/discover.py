@@ -18,6 +18,7 @@ Where it looks — all at once, each bounded:
 It prints what it found, marks what config.py already has, and ready-to-paste KASA_HOSTS and
 TUYA_DEVICES lines; local keys only with --show-keys. It exits 0 even when it finds nothing,
 saying where it looked. It switches nothing, writes no file, and never prints the API secret.
+`loadshed init` looks the same way (`look`) and writes the same lines (`config_lines`).
 """
 
 from __future__ import annotations
@@ -60,9 +61,16 @@ KASA_TIMEOUT_S: Final = 3  # each query to a device found (its alias, a strip's 
 TUYA_PORTS: Final = (6666, 6667, 7000)  # 3.1 clear; 3.3-3.5 encrypted; 3.5 answers to an app
 LISTEN_S: Final = 8.0  # plugs announce themselves every few seconds (tinytuya listens 18 s)
 SOLICIT_S: Final = 5.0  # sending the 3.5 request: a look at the interfaces and one datagram
+LOOK_S: Final = 10  # about how long a look takes, said before it: LISTEN_S, and Kasa meanwhile
 LISTEN_ENV: Final = "LOADSHED_TUYA_LISTEN"  # "off": no listen on the LAN (tests)
 KEY_HIDDEN: Final = "<hidden: add --show-keys>"
 KEY_UNKNOWN: Final = "<not in the Tuya cloud: tinytuya's wizard finds it>"
+KEY_NO_CLOUD: Final = "<from the Tuya cloud: see above>"  # it was not asked, or failed
+KEYS_FROM_CLOUD: Final = (  # above TUYA_DEVICES, when plugs heard on the LAN have no key
+    "# Plugs heard on the LAN are commented out until their local key is known: set TUYAAPIKEY,",
+    "# TUYAAPISECRET and TUYAAPIDEVICEID (and TUYAAPIREGION) in config.py, then",
+    "# `loadshed discover --show-keys` prints their lines with the keys.",
+)
 GUESSED_VERSION: Final = 3.3  # the commonest; `loadshed check` says when it is wrong
 # Tuya categories loadshed can switch (the cloud's "category"): anything else is listed, not
 # offered for TUYA_DEVICES.
@@ -115,20 +123,34 @@ class Findings:
 def main(args: argparse.Namespace, env: Mapping[str, str], out: TextIO) -> int:
     """`loadshed discover`: look, print, exit 0 (2 for a bad config or --target)."""
     config = _config(args.config, env, out)
+    targets = parse_targets(args.target)
+    findings = look(config, targets, env, out)
+    print(render(findings, config, show_keys=args.show_keys), file=out)
+    return ExitCode.OK
+
+
+def parse_targets(texts: Sequence[str]) -> list[HostPort]:
+    """The --target addresses; a ConfigError names the one that is not host or host:port."""
     targets = []
-    for text in args.target:
+    for text in texts:
         try:
             targets.append(parse_host_port(text))
         except ValueError as err:
             raise ConfigError(None, None, f"--target {text!r}: {err}", "host or host:port") from err
+    return targets
+
+
+def look(
+    config: Config | None, targets: Sequence[HostPort], env: Mapping[str, str], out: TextIO
+) -> Findings:
+    """Look everywhere `loadshed discover` looks, saying so on out (`init` looks this way too)."""
     off = env.get(LISTEN_ENV, "").strip().lower() in ("off", "0", "no")
     listen = None if off else Listen()
     cloud = TuyaCloud.from_config(config, env) if config is not None else None
     progress = _Progress(out)
     findings = asyncio.run(find(config, targets, listen, cloud, progress=progress))
     progress.done()
-    print(render(findings, config, show_keys=args.show_keys), file=out)
-    return ExitCode.OK
+    return findings
 
 
 def _config(path: Path, env: Mapping[str, str], out: TextIO) -> Config | None:
@@ -448,7 +470,8 @@ def render(findings: Findings, config: Config | None, *, show_keys: bool) -> str
     lines += _tuya_lines(tuya, findings, show_keys)
     if not findings.kasa and not tuya:
         lines.append("Nothing found.")
-    paste = _paste(findings, config, tuya, show_keys)
+    written = config_lines(findings, config, show_keys=show_keys)
+    paste = [*written.kasa_hosts, *written.tuya_devices]
     if paste:
         if lines and lines[-1]:
             lines.append("")
@@ -556,14 +579,26 @@ def _tuya_lines(rows: list[_TuyaRow], findings: Findings, show_keys: bool) -> li
     return [*lines, ""]
 
 
-def _paste(
-    findings: Findings, config: Config | None, rows: list[_TuyaRow], show_keys: bool
-) -> list[str]:
-    lines: list[str] = []
+@dataclass(frozen=True, slots=True)
+class ConfigLines:
+    """What was found, as config.py lines: `discover` prints them, `init` writes them."""
+
+    kasa_hosts: tuple[str, ...] = ()  # the KASA_HOSTS line, or none
+    tuya_devices: tuple[str, ...] = ()  # comments, then the TUYA_DEVICES block, or none
+    kasa_new: int = 0  # addresses not in config.py yet
+    tuya_new: int = 0  # entries not in config.py yet, written to be used
+    tuya_commented: int = 0  # entries written commented out, each with why
+
+
+def config_lines(findings: Findings, config: Config | None, *, show_keys: bool) -> ConfigLines:
+    """KASA_HOSTS and TUYA_DEVICES: what config.py has, and what was found that it has not.
+
+    A Tuya entry loadshed cannot use yet (no local key, no IP, behind a gateway, not a plug)
+    is written commented out, with why, so the lines always load."""
     hosts = [str(h) for h in config.kasa_hosts] if config is not None else []
     new_hosts = [str(f.address) for f in findings.kasa if not _kasa_known(f.address, config)]
-    if hosts or new_hosts:
-        lines.append(f"KASA_HOSTS = {json.dumps([*hosts, *new_hosts])}")
+    kasa_hosts = [f"KASA_HOSTS = {json.dumps([*hosts, *new_hosts])}"] if hosts or new_hosts else []
+    rows = _tuya_rows(findings, config)
     entries: list[str] = []
     by_id = {r.id: r for r in rows}
     for entry in config.tuya_devices if config is not None else ():
@@ -582,10 +617,15 @@ def _paste(
             )
             + ","
         )
+    usable = commented = 0
+    no_cloud = findings.cloud is None  # not asked, or it failed: no key is known
     for row in rows:
         if row.configured:
             continue
-        key = KEY_UNKNOWN if row.cloud is None else row.cloud.key if show_keys else KEY_HIDDEN
+        if row.cloud is None:
+            key = KEY_NO_CLOUD if no_cloud else KEY_UNKNOWN
+        else:
+            key = row.cloud.key if show_keys else KEY_HIDDEN
         text = _tuya_entry(row.name, row.id, row.ip, key, row.version or GUESSED_VERSION)
         unusable = []  # the entry is written commented out, with why
         if row.cloud is not None and row.cloud.sub:
@@ -598,15 +638,20 @@ def _paste(
             unusable.append("local key unknown")
         guessed = "" if row.version else f"version {GUESSED_VERSION:g} guessed: check tells"
         if unusable:
+            commented += 1
             why = "; ".join([*unusable, guessed] if guessed else unusable)
             entries.append(f"    # {text},  # {why}")
         else:
+            usable += 1
             entries.append(f"    {text}," + (f"  # {guessed}" if guessed else ""))
+    tuya_devices: list[str] = []
     if entries:
         if not show_keys:
-            lines.append("# local keys hidden: `loadshed discover --show-keys` prints them")
-        lines += ["TUYA_DEVICES = [", *entries, "]"]
-    return lines
+            tuya_devices.append("# local keys hidden: `loadshed discover --show-keys` prints them")
+        if no_cloud and any(not r.configured for r in rows):
+            tuya_devices += KEYS_FROM_CLOUD
+        tuya_devices += ["TUYA_DEVICES = [", *entries, "]"]
+    return ConfigLines(tuple(kasa_hosts), tuple(tuya_devices), len(new_hosts), usable, commented)
 
 
 def _not_a_plug(row: _TuyaRow) -> str:

@@ -6,24 +6,31 @@ them, filled in from a few questions or from flags. The default config is `./con
 there is one, else `config.py` in the platform's user config dir (~/.config/loadshed on Linux);
 computers.txt lives beside it.
 
-`init` never overwrites a file without asking (without a terminal: unless --force), writes
-config.py 0600, and ends by running `check`.
+`init` looks for Kasa and Tuya plugs as `loadshed discover` does, when asked to (the question
+on a terminal, or --discover / --target; never unasked from a script, which must not broadcast),
+and writes what it found into KASA_HOSTS and TUYA_DEVICES. It never overwrites a file without
+asking (without a terminal: unless --force), writes config.py 0600, and ends by running `check`.
 """
 
 from __future__ import annotations
 
 import argparse
+import getpass
 import os
 import re
 import sys
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from importlib import resources
 from pathlib import Path
-from typing import Final, TextIO
+from typing import TYPE_CHECKING, Final, TextIO
 
 import platformdirs
 
 from loadshed.errors import ConfigError, ExitCode
+
+if TYPE_CHECKING:
+    from loadshed.config import HostPort
+    from loadshed.discover import ConfigLines, Findings
 
 CONFIG_NAME: Final = "config.py"
 COMPUTERS_NAME: Final = "computers.txt"
@@ -59,31 +66,51 @@ def how_to_create(path: Path) -> str:
 Ask = Callable[[str], str]
 
 
-def init(args: argparse.Namespace, env: Mapping[str, str], out: TextIO, ask: Ask = input) -> int:
-    """Write config.py and computers.txt; then check them."""
+def init(
+    args: argparse.Namespace,
+    env: Mapping[str, str],
+    out: TextIO,
+    ask: Ask = input,
+    ask_secret: Ask = getpass.getpass,
+) -> int:
+    """Write config.py and computers.txt, with the plugs found if asked to look; then check.
+    The password is asked without echo: not on the screen, not in a terminal's scrollback."""
+    from loadshed.discover import config_lines, parse_targets
+
     config_path: Path = args.config
     computers_path: Path = args.computers or config_path.parent / COMPUTERS_NAME
     interactive = sys.stdin.isatty() and not args.yes
+    targets = parse_targets(args.target)
+    if targets and args.discover is False:
+        raise ConfigError(None, None, "--target looks for plugs; --no-discover", "drop one")
     answers = {
         "PWIPNAME": args.powerwall,
         "PWPASS": args.password,
         "MAILNOTIF": args.mail_to,
     }
     questions = {
-        "PWIPNAME": "The Powerwall gateway's address on your network (e.g. 192.168.1.50)",
+        "PWIPNAME": "The Powerwall gateway's address on your network (e.g. 192.0.2.50)",
         "PWPASS": "Its customer password (the one you set on the gateway)",
         "MAILNOTIF": "Where alerts go: an email or SMS-by-email address (empty: none)",
     }
     for name, value in answers.items():
         if value is None and interactive:
-            answers[name] = ask(f"{questions[name]}: ").strip()
+            asking = ask_secret if name == "PWPASS" else ask
+            answers[name] = asking(f"{questions[name]}: ").strip()
     if not answers["PWIPNAME"]:
         raise ConfigError(None, None, "init needs the Powerwall's address", "pass --powerwall")
     config_path.parent.mkdir(parents=True, exist_ok=True)
     wrote = []
     if _may_write(config_path, args.force, interactive, ask, out):
-        _write_private(config_path, _filled(example(EXAMPLE_NAME), answers))
+        findings = _look(args.discover, targets, interactive, env, ask, out)
+        # Keys written: config.py is 0600, and it is where local keys live.
+        found = config_lines(findings, None, show_keys=True) if findings is not None else None
+        _write_private(config_path, config_text(answers, found))
         wrote.append(str(config_path))
+        if findings is not None and found is not None:
+            _say_found(findings, found, config_path, out)
+    elif args.discover or targets:
+        print("no plugs looked for: config.py stays as it is (`loadshed discover` looks)", file=out)
     if _may_write(computers_path, args.force, interactive, ask, out):
         computers_path.write_text(example(COMPUTERS_NAME), encoding="utf-8")
         wrote.append(str(computers_path))
@@ -97,6 +124,52 @@ def init(args: argparse.Namespace, env: Mapping[str, str], out: TextIO, ask: Ask
     return ExitCode.OK if code in (ExitCode.OK, ExitCode.FAILURE) else code
 
 
+def config_text(answers: Mapping[str, str | None], found: ConfigLines | None = None) -> str:
+    """The shipped example with the answers, and the plugs found instead of its examples."""
+    return _filled(example(EXAMPLE_NAME), answers, found)
+
+
+def _look(
+    discover: bool | None,
+    targets: Sequence[HostPort],
+    interactive: bool,
+    env: Mapping[str, str],
+    ask: Ask,
+    out: TextIO,
+) -> Findings | None:
+    """Look for plugs as `loadshed discover` does, if asked to; None when not."""
+    from loadshed.discover import LOOK_S, look
+
+    if targets:
+        wanted = True
+    elif discover is not None:
+        wanted = discover
+    elif interactive:
+        question = f"Look for Kasa and Tuya plugs on your network now (about {LOOK_S} s)? [Y/n] "
+        wanted = ask(question).strip().lower() in ("", "y", "yes")
+    else:
+        wanted = False  # a script must not broadcast on the LAN unasked
+    if not wanted:
+        print("no plugs looked for (--discover looks; `loadshed discover` lists them)", file=out)
+        return None
+    return look(None, targets, env, out)
+
+
+def _say_found(findings: Findings, found: ConfigLines, path: Path, out: TextIO) -> None:
+    """One line on what was found and written, or where it looked; and the targets missed."""
+    tuya = found.tuya_new + found.tuya_commented
+    if found.kasa_new or tuya:
+        left = (
+            f"; {found.tuya_commented} commented out: it says why" if found.tuya_commented else ""
+        )
+        print(f"found {found.kasa_new} Kasa, {tuya} Tuya (written to {path}{left})", file=out)
+    else:
+        looked = [findings.looked[k] for k in ("kasa", "lan") if k in findings.looked]
+        print(f"found nothing on the network (looked at {'; '.join(looked)})", file=out)
+    for address, reason in findings.kasa_missed:
+        print(f"  not found at {address}: {reason}", file=out)
+
+
 def _may_write(path: Path, force: bool, interactive: bool, ask: Ask, out: TextIO) -> bool:
     if not path.exists() or force:
         return True
@@ -107,20 +180,25 @@ def _may_write(path: Path, force: bool, interactive: bool, ask: Ask, out: TextIO
 
 
 # The example's devices are illustrations at documentation addresses: a new config starts with
-# none, and `loadshed discover` prints the lines to paste.
-_EXAMPLE_DEVICES: Final = (
-    (re.compile(r"^KASA_HOSTS = \[[^\]\n]*\]", re.MULTILINE), "KASA_HOSTS = []"),
-    (re.compile(r"^TUYA_DEVICES = \[.*?^\]", re.MULTILINE | re.DOTALL), "TUYA_DEVICES = []"),
-    (re.compile(r"^SHED_BELOW = \{[^}\n]*\}", re.MULTILINE), "SHED_BELOW = {}"),
-    (re.compile(r'^SMTP_HOST = "[^"\n]*"', re.MULTILINE), 'SMTP_HOST = ""'),
-)
+# none, or with what `init` found.
+_EXAMPLE_SETTINGS: Final = {
+    "KASA_HOSTS": (re.compile(r"^KASA_HOSTS = \[[^\]\n]*\]", re.MULTILINE), "KASA_HOSTS = []"),
+    "TUYA_DEVICES": (
+        re.compile(r"^TUYA_DEVICES = \[.*?^\]", re.MULTILINE | re.DOTALL),
+        "TUYA_DEVICES = []",
+    ),
+    "SHED_BELOW": (re.compile(r"^SHED_BELOW = \{[^}\n]*\}", re.MULTILINE), "SHED_BELOW = {}"),
+    "SMTP_HOST": (re.compile(r'^SMTP_HOST = "[^"\n]*"', re.MULTILINE), 'SMTP_HOST = ""'),
+}
 
 
-def _filled(text: str, answers: Mapping[str, str | None]) -> str:
-    """The example with no example devices, and the answered settings' values (comments
-    kept)."""
-    for pattern, empty in _EXAMPLE_DEVICES:
-        text = pattern.sub(empty, text, count=1)
+def _filled(text: str, answers: Mapping[str, str | None], found: ConfigLines | None) -> str:
+    """The example with the plugs found (or none) in place of its devices, and the answered
+    settings' values (comments kept)."""
+    lines = {"KASA_HOSTS": found.kasa_hosts, "TUYA_DEVICES": found.tuya_devices} if found else {}
+    for name, (pattern, empty) in _EXAMPLE_SETTINGS.items():
+        written = "\n".join(lines.get(name, ())) or empty
+        text = pattern.sub(_replacer(written, keep=False), text, count=1)
     for name, value in answers.items():
         if value is None:
             continue
@@ -129,9 +207,11 @@ def _filled(text: str, answers: Mapping[str, str | None]) -> str:
     return text
 
 
-def _replacer(quoted: str) -> Callable[[re.Match[str]], str]:
+def _replacer(written: str, *, keep: bool = True) -> Callable[[re.Match[str]], str]:
+    """A replacement taken as it is (no backslash escapes), after group 1 when keep."""
+
     def replace(match: re.Match[str]) -> str:
-        return match.group(1) + quoted
+        return (match.group(1) if keep else "") + written
 
     return replace
 
