@@ -63,6 +63,8 @@ COMMAND_WAIT_S: Final = 600.0  # a command's outcomes are awaited this long (a N
 CONNECT_TIMEOUT_S: Final = 3.0  # a client: the daemon's hello must come within this
 PINS: Final = {"on": Pin.ON, "off": Pin.OFF, "auto": None}  # a pin as the owner words it
 PIN_WORDS: Final = {pin: word for word, pin in PINS.items()}
+SUN_PATH_BYTES: Final = 108  # a Unix socket address holds a path this long, its NUL included
+PROC_FD: Final = Path("/proc/self/fd")  # Linux: a directory's open descriptor names it, short
 _PEERCRED: Final = struct.Struct("3i")  # struct ucred: pid, uid, gid
 
 
@@ -114,7 +116,8 @@ class ControlServer:
             path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
             with contextlib.suppress(FileNotFoundError):
                 path.unlink()  # a dead daemon's: the caller made sure none answers there
-            server = await asyncio.start_unix_server(self._serve, path=str(path), limit=MAX_LINE)
+            with reachable(path) as name:
+                server = await asyncio.start_unix_server(self._serve, path=name, limit=MAX_LINE)
             path.chmod(0o600)
             self._servers.append(server)
         _LOG.info("control socket: %s", self.paths[0])
@@ -329,6 +332,22 @@ async def run_command(
         engine.result_listeners.discard(listen)
 
 
+@contextlib.contextmanager
+def reachable(path: Path) -> Iterator[str]:
+    """A name for the socket at path that fits a Unix socket address (108 bytes): the path
+    itself, or on Linux the same file through an open descriptor of its directory — a state dir
+    deep in a long home directory must not leave the daemon without its control socket."""
+    name = str(path)
+    if len(os.fsencode(name)) < SUN_PATH_BYTES or not PROC_FD.is_dir():
+        yield name
+        return
+    directory = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        yield f"{PROC_FD}/{directory}/{path.name}"
+    finally:
+        os.close(directory)
+
+
 def _line(doc: dict[str, Any]) -> bytes:
     return json.dumps(doc, separators=(",", ":")).encode() + b"\n"
 
@@ -344,7 +363,8 @@ class Connection:
         self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self._sock.settimeout(timeout_s)
         try:
-            self._sock.connect(str(path))
+            with reachable(path) as name:
+                self._sock.connect(name)
         except OSError as err:
             self._sock.close()
             raise NoDaemon(f"no loadshed answers at {path} ({err.strerror or err})") from None

@@ -63,6 +63,26 @@ def test_status_shows_the_house_and_its_exit_code_follows_the_grid(
     assert not sock.exists()
 
 
+def test_a_state_dir_too_deep_for_a_socket_address_still_has_its_control_socket(
+    config: Path, tmp_path: Path
+) -> None:
+    """A Unix socket address holds 108 bytes: a state dir deep in a long home must not leave the
+    daemon deaf to `status` (and to the one-daemon-per-house check)."""
+    deep = tmp_path / ("a-long-directory-name-" * 5) / "state"
+    assert len(str(deep / "control.sock")) > 108
+    args = ["--config", str(config), "--state-dir", str(deep)]
+    daemon = Loadshed(["run", "--no-ui", *args], tmp_path)
+    try:
+        daemon.wait_for_line("ready:")
+        looked = client(config, tmp_path, "status", "--state-dir", str(deep))
+        assert looked.process.returncode == 0, looked.output
+        assert "on grid" in looked.output
+        assert not daemon.saw("cannot open the control socket")
+    finally:
+        assert daemon.stop() == 0
+    assert not (deep / "control.sock").exists()
+
+
 def test_shed_restore_and_pin_are_sent_to_the_running_daemon(
     house: SimHouse, config: Path, start: Start, tmp_path: Path
 ) -> None:
