@@ -45,6 +45,13 @@ config.py is ./config.py if there is one, else config.py in your user config dir
 own --help."""
 
 
+def _verb(
+    verbs: argparse._SubParsersAction[_Parser], name: str, *, help: str
+) -> argparse.ArgumentParser:
+    """A verb whose own --help opens with the line `loadshed --help` shows for it."""
+    return verbs.add_parser(name, help=help, description=help[0].upper() + help[1:] + ".")
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="loadshed",
@@ -56,8 +63,10 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--debug", action="store_true", help="show debug logs and tracebacks")
     verbs = parser.add_subparsers(dest="verb", required=True, parser_class=_Parser)
 
-    check = verbs.add_parser(
-        "check", help="validate the config and reach every device once (never switches anything)"
+    check = _verb(
+        verbs,
+        "check",
+        help="validate the config and reach every device once (never switches anything)",
     )
     _add_config_args(check)
     check.add_argument(
@@ -66,45 +75,51 @@ def _parser() -> argparse.ArgumentParser:
         help="accept the Powerwall's certificate as it is now (after replacing the gateway)",
     )
 
-    run = verbs.add_parser("run", help="the daemon: watch the Powerwall, shed and restore")
+    run = _verb(verbs, "run", help="the daemon: watch the Powerwall, shed and restore")
     _add_config_args(run)
     _add_engine_args(run)
     run.add_argument(
         "--no-ui", action="store_true", help="plain log lines on stdout, no curses screen"
     )
 
-    shed = verbs.add_parser("shed", help="switch off every non-essential device now, then exit")
+    shed = _verb(verbs, "shed", help="switch off every non-essential device now, then exit")
     _add_config_args(shed)
     _add_engine_args(shed)
-    restore = verbs.add_parser(
-        "restore", help="switch back on everything loadshed switched off, then exit"
+    restore = _verb(
+        verbs, "restore", help="switch back on everything loadshed switched off, then exit"
     )
     _add_config_args(restore)
     _add_engine_args(restore)
 
-    pin = verbs.add_parser(
-        "pin", help="pin one device on or off (or back to its rule), through the running daemon"
+    pin = _verb(
+        verbs,
+        "pin",
+        help="pin one device on or off (or back to its rule), through the running daemon",
     )
     pin.add_argument("name", help="the device, as loadshed names it (see `loadshed status`)")
     pin.add_argument("pin", choices=("on", "off", "auto"), help="keep on, keep off, or its rule")
     _add_config_args(pin)
     _add_engine_args(pin)
 
-    status = verbs.add_parser(
-        "status", help="one look at the running daemon (exit 0 on grid, 1 not, 3 none running)"
+    status = _verb(
+        verbs,
+        "status",
+        help="one look at the running daemon (exit 0 on grid, 1 not, 3 none running)",
     )
     status.add_argument("--json", action="store_true", help="the whole snapshot as JSON")
     _add_config_args(status)
     status.add_argument("--state-dir", type=Path, default=None, help="the daemon's state dir")
 
-    attach = verbs.add_parser(
-        "attach", help="the running daemon's screen, keys and all; leaving it leaves it running"
+    attach = _verb(
+        verbs,
+        "attach",
+        help="the running daemon's screen, keys and all; leaving it leaves it running",
     )
     _add_config_args(attach)
     attach.add_argument("--state-dir", type=Path, default=None, help="the daemon's state dir")
 
-    init = verbs.add_parser(
-        "init", help="write a first config.py (0600) and computers.txt, then check them"
+    init = _verb(
+        verbs, "init", help="write a first config.py (0600) and computers.txt, then check them"
     )
     _add_config_args(init)
     init.add_argument("--powerwall", help="the gateway's address (asked when not given)")
@@ -112,6 +127,9 @@ def _parser() -> argparse.ArgumentParser:
     init.add_argument("--mail-to", help="where alerts go (asked when not given)")
     init.add_argument("--force", action="store_true", help="replace existing files, unasked")
     init.add_argument("--yes", action="store_true", help="ask nothing: use the flags as given")
+    init.add_argument(
+        "--service", action="store_true", help="write the service file that runs loadshed at boot"
+    )
     looking = init.add_mutually_exclusive_group()
     looking.add_argument(
         "--discover",
@@ -133,13 +151,14 @@ def _parser() -> argparse.ArgumentParser:
         help="look for Kasa only at this host[:port] (repeatable)",
     )
 
-    notify_test = verbs.add_parser(
-        "notify-test", help="send one test message through every alert channel, now"
+    notify_test = _verb(
+        verbs, "notify-test", help="send one test message through every alert channel, now"
     )
     _add_config_args(notify_test)
     notify_test.add_argument("--state-dir", type=Path, default=None, help="where the outbox lives")
 
-    discover = verbs.add_parser(
+    discover = _verb(
+        verbs,
         "discover",
         help="find Kasa and Tuya plugs (LAN, --target, Tuya cloud): config lines to paste",
     )
@@ -157,7 +176,8 @@ def _parser() -> argparse.ArgumentParser:
         "--show-keys", action="store_true", help="print the Tuya local keys (hidden otherwise)"
     )
 
-    demo = verbs.add_parser(
+    demo = _verb(
+        verbs,
         "demo",
         help="a simulated house on 127.0.0.1 behind the live screen (g cuts the grid); "
         "no hardware, no config",
@@ -222,9 +242,12 @@ def main(
 
             args.config = default_config_path()
         if args.verb == "init":
+            from loadshed.service import init_service
             from loadshed.setup_files import init
 
             configure_logging(err, debug=args.debug, level=logging.ERROR)
+            if args.service:
+                return init_service(args, env, out, sys.platform)
             return init(args, env, out)
         if args.verb == "demo":
             configure_logging(out, debug=args.debug, level=logging.INFO, fmt=PLAIN_FORMAT)

@@ -101,7 +101,7 @@ def init(
         raise ConfigError(None, None, "init needs the Powerwall's address", "pass --powerwall")
     config_path.parent.mkdir(parents=True, exist_ok=True)
     wrote = []
-    if _may_write(config_path, args.force, interactive, ask, out):
+    if may_write(config_path, args.force, interactive, ask, out):
         findings = _look(args.discover, targets, interactive, env, ask, out)
         # Keys written: config.py is 0600, and it is where local keys live.
         found = config_lines(findings, None, show_keys=True) if findings is not None else None
@@ -111,7 +111,7 @@ def init(
             _say_found(findings, found, config_path, out)
     elif args.discover or targets:
         print("no plugs looked for: config.py stays as it is (`loadshed discover` looks)", file=out)
-    if _may_write(computers_path, args.force, interactive, ask, out):
+    if may_write(computers_path, args.force, interactive, ask, out):
         computers_path.write_text(example(COMPUTERS_NAME), encoding="utf-8")
         wrote.append(str(computers_path))
     print(f"wrote {', '.join(wrote)}" if wrote else "nothing written", file=out)
@@ -170,7 +170,8 @@ def _say_found(findings: Findings, found: ConfigLines, path: Path, out: TextIO) 
         print(f"  not found at {address}: {reason}", file=out)
 
 
-def _may_write(path: Path, force: bool, interactive: bool, ask: Ask, out: TextIO) -> bool:
+def may_write(path: Path, force: bool, interactive: bool, ask: Ask, out: TextIO) -> bool:
+    """Whether to write path: it is not there, --force, or the owner says so on a terminal."""
     if not path.exists() or force:
         return True
     if interactive:

@@ -1,4 +1,5 @@
-"""The service files in contrib/: systemd's own verifier on the unit, and the launchd plist."""
+"""The service files in contrib/: systemd's own verifier on the unit, and the launchd plist.
+They are links to the templates `loadshed init --service` fills in, shipped in the package."""
 
 from __future__ import annotations
 
@@ -11,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-CONTRIB = Path(__file__).parents[1] / "contrib"
+ROOT = Path(__file__).parents[1]
+CONTRIB = ROOT / "contrib"
 
 
 @pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd is not installed")
@@ -50,3 +52,10 @@ def test_the_launchd_plist_runs_the_daemon_and_keeps_it_alive() -> None:
     assert plist["ProgramArguments"][1:] == ["run", "--no-ui"]
     assert plist["RunAtLoad"] is True
     assert plist["KeepAlive"] == {"SuccessfulExit": False}
+
+
+@pytest.mark.parametrize("name", ["loadshed.service", "com.loadshed.plist"])
+def test_contrib_links_to_the_template_the_package_ships(name: str) -> None:
+    link = CONTRIB / name
+    assert link.is_symlink() and not os.path.isabs(os.readlink(link))  # a clone moves
+    assert link.resolve() == (ROOT / "loadshed" / "examples" / name).resolve()

@@ -1,12 +1,18 @@
 """`loadshed init`: a first config.py and computers.txt from flags (no terminal), with the plugs
 it finds when told to look, never overwriting unasked, then `check` — against the simulated house
-on 127.0.0.1."""
+on 127.0.0.1. And `loadshed init --service`: the service file, however loadshed was installed."""
 
 from __future__ import annotations
 
 import io
+import os
+import plistlib
+import shlex
+import shutil
 import stat
+import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
@@ -15,6 +21,7 @@ import pytest
 from loadshed import cli
 from loadshed.config import TuyaDevice, load_config
 from loadshed.discover import Findings, Heard, config_lines
+from loadshed.service import install, loadshed_command, systemd_unit
 from loadshed.setup_files import config_text
 from loadshed.sim.house import SimHouse
 from loadshed.tuyacloud import CloudDevice
@@ -204,3 +211,222 @@ def loads(path: Path, text: str) -> tuple[TuyaDevice, ...]:
     path.write_text(text)
     path.chmod(0o600)
     return load_config(path, {}).tuya_devices
+
+
+# --- init --service ------------------------------------------------------------------------------
+
+ANSWERS: Final = {"PWIPNAME": "192.0.2.50", "PWPASS": "s3cret-pw", "MAILNOTIF": ""}
+SERVICE_TIMEOUT_S: Final = 60  # writing one file; never this long
+NEXT_STEPS: Final = (
+    "  systemctl --user daemon-reload",
+    "  systemctl --user enable --now loadshed",
+    '  loginctl enable-linger "$USER"',
+    "  journalctl --user -u loadshed -f",
+)
+
+
+@dataclass(frozen=True)
+class Owner:
+    """A home with a config.py where `loadshed check` finds it by default, and no terminal."""
+
+    tmp: Path
+    home: Path
+    config: Path
+    unit: Path  # where systemd looks for the owner's units
+    env: dict[str, str]
+
+    def init_service(self, *args: str) -> Result:
+        done = subprocess.run(
+            [sys.executable, "-m", "loadshed", "init", "--service", *args],
+            cwd=self.tmp,  # no ./config.py here: the user config dir's is the default
+            env=self.env,
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            timeout=SERVICE_TIMEOUT_S,
+            check=False,
+        )
+        return Result(done.returncode, done.stdout, done.stderr)
+
+
+@pytest.fixture
+def owner(tmp_path: Path) -> Owner:
+    home, xdg = tmp_path / "my home", tmp_path / "xdg config"  # spaces: ExecStart must quote them
+    config = xdg / "loadshed" / "config.py"
+    config.parent.mkdir(parents=True)
+    loads(config, config_text(ANSWERS))
+    environment = {k: v for k, v in os.environ.items() if not k.startswith("LOADSHED_")}
+    env = {**environment, "HOME": str(home), "XDG_CONFIG_HOME": str(xdg)}
+    unit = xdg / "systemd" / "user" / "loadshed.service"
+    return Owner(tmp_path, home, config, unit, env)
+
+
+def exec_start(unit: Path) -> list[str]:
+    """The unit's command line as systemd splits it (its quoting, %% and $$ undone)."""
+    line = next(x for x in unit.read_text().splitlines() if x.startswith("ExecStart="))
+    program, *args = shlex.split(line.removeprefix("ExecStart=").replace("%%", "%"))
+    return [program, *(arg.replace("$$", "$") for arg in args)]
+
+
+def verify(unit: Path, tmp_path: Path) -> None:
+    """systemd's own check of a user unit, its ExecStart program included."""
+    runtime = tmp_path / "run"
+    runtime.mkdir(mode=0o700, exist_ok=True)
+    done = subprocess.run(
+        ["systemd-analyze", "--user", "verify", str(unit)],
+        env={**os.environ, "XDG_RUNTIME_DIR": str(runtime)},
+        capture_output=True,
+        text=True,
+        timeout=SERVICE_TIMEOUT_S,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+NO_SYSTEMD = pytest.mark.skipif(
+    shutil.which("systemd-analyze") is None, reason="systemd-analyze is not installed"
+)
+
+
+def test_init_service_writes_a_unit_where_systemd_looks_that_runs_this_loadshed(
+    owner: Owner,
+) -> None:
+    result = owner.init_service()
+    assert result.code == 0, result.out + result.err
+    program, *args = exec_start(owner.unit)
+    assert os.path.isabs(program) and os.access(program, os.X_OK)
+    assert args[-4:] == ["run", "--no-ui", "--config", str(owner.config)]
+    started = subprocess.run(  # the command itself, from the home a user unit starts in
+        [program, *args[:-4], "--version"],
+        cwd=owner.home.parent,
+        capture_output=True,
+        text=True,
+        timeout=SERVICE_TIMEOUT_S,
+        check=False,
+    )
+    assert started.stdout.startswith("loadshed "), started.stdout + started.stderr
+    settings = dict(x.split("=", 1) for x in owner.unit.read_text().splitlines() if "=" in x)
+    assert settings["Type"] == "notify" and int(settings["WatchdogSec"]) > 0
+    assert f"wrote {owner.unit}, which runs" in result.out
+    for step in NEXT_STEPS:
+        assert step in result.out
+
+
+@NO_SYSTEMD
+def test_the_unit_init_service_writes_passes_systemd_analyze_verify(owner: Owner) -> None:
+    assert owner.init_service().code == 0
+    verify(owner.unit, owner.tmp)
+
+
+def test_init_service_never_replaces_a_unit_unasked(owner: Owner) -> None:
+    assert owner.init_service().code == 0
+    owner.unit.write_text("# mine\n")
+    again = owner.init_service()
+    assert f"{owner.unit} exists: left as it is (--force replaces it)" in again.out
+    assert owner.unit.read_text() == "# mine\n"
+    assert "  systemctl --user enable --now loadshed" in again.out  # how to start the one there
+    forced = owner.init_service("--force")
+    assert forced.code == 0, forced.out + forced.err
+    assert exec_start(owner.unit)[-4:] == ["run", "--no-ui", "--config", str(owner.config)]
+
+
+def test_init_service_without_a_config_says_how_to_make_one(owner: Owner) -> None:
+    owner.config.unlink()
+    result = owner.init_service()
+    assert result.code == 2
+    assert f"{owner.config}: no config.py for the service to run" in result.err
+    assert f"`loadshed init --config {owner.config}`" in result.err
+    assert not owner.unit.exists()
+
+
+def test_init_service_refuses_the_flags_that_fill_in_config_py(tmp_path: Path) -> None:
+    config = tmp_path / "config.py"
+    result = init("--service", "--config", str(config), "--powerwall", "192.0.2.50")
+    assert result.code == 2
+    assert "--service writes only the service file; --powerwall fill in config.py" in result.err
+
+
+@NO_SYSTEMD
+def test_the_unit_quotes_paths_with_spaces_percent_and_dollar_as_systemd_reads_them(
+    tmp_path: Path,
+) -> None:
+    program = tmp_path / "my bin 100%" / "loadshed"
+    program.parent.mkdir()
+    program.symlink_to(Path(sys.executable).parent / "loadshed")
+    config = tmp_path / "house $HOME 50%" / "config.py"
+    daemon = [str(program), "run", "--no-ui", "--config", str(config)]
+    unit = tmp_path / "loadshed.service"
+    unit.write_text(systemd_unit(daemon))
+    assert exec_start(unit) == daemon
+    verify(unit, tmp_path)
+
+
+def test_the_macos_agent_runs_this_loadshed_with_the_owners_paths(tmp_path: Path) -> None:
+    home = tmp_path / "Users" / "owner"
+    config = tmp_path / "config.py"
+    loads(config, config_text(ANSWERS))
+    command = (sys.executable, "-m", "loadshed")
+    out = io.StringIO()
+    assert install("darwin", command, config, None, {"HOME": str(home)}, out) == 0
+    path = home / "Library" / "LaunchAgents" / "com.loadshed.plist"
+    with path.open("rb") as f:
+        agent = plistlib.load(f)
+    assert agent["ProgramArguments"] == [*command, "run", "--no-ui", "--config", str(config)]
+    log = str(home / "Library" / "Logs" / "loadshed.log")
+    assert agent["StandardOutPath"] == agent["StandardErrorPath"] == log
+    assert agent["RunAtLoad"] is True and agent["KeepAlive"] == {"SuccessfulExit": False}
+    assert b"/Users/YOU" not in path.read_bytes()
+    assert f"  launchctl load -w {path}" in out.getvalue()
+
+
+def test_on_windows_init_service_prints_the_task_scheduler_steps_and_writes_nothing(
+    tmp_path: Path,
+) -> None:
+    home, config = tmp_path / "home", tmp_path / "config.py"
+    loads(config, config_text(ANSWERS))
+    program = r"C:\Users\owner\.local\bin\loadshed.exe"
+    out = io.StringIO()
+    assert install("win32", (program,), config, None, {"HOME": str(home)}, out) == 0
+    said = out.getvalue()
+    assert "Task Scheduler" in said and '"At startup"' in said
+    assert f"Program/script: {program}" in said
+    assert f"Add arguments: run --no-ui --config {config}" in said
+    assert not home.exists()
+
+
+def _script(path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("#!/bin/sh\n")
+    path.chmod(0o755)
+    return path
+
+
+def test_the_service_runs_loadshed_as_it_was_started(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    python = sys.executable
+    module = str(Path(cli.__file__).with_name("__main__.py"))
+    assert loadshed_command(module, python) == (python, "-m", "loadshed")
+    venv = _script(tmp_path / "clone" / ".venv" / "bin" / "loadshed")
+    monkeypatch.chdir(tmp_path / "clone")
+    monkeypatch.setenv("PATH", str(tmp_path / "empty"))
+    assert loadshed_command(".venv/bin/loadshed", python) == (str(venv),)
+    pipx = _script(tmp_path / "pipx" / "venvs" / "loadshed" / "bin" / "loadshed")
+    on_path = tmp_path / "local bin" / "loadshed"
+    on_path.parent.mkdir()
+    on_path.symlink_to(pipx)
+    monkeypatch.setenv("PATH", str(on_path.parent))
+    assert loadshed_command("loadshed", python) == (str(on_path),)
+    assert loadshed_command(str(pipx), python) == (str(on_path),)  # the name the owner knows
+    assert loadshed_command(str(venv), python) == (str(venv),)  # another loadshed: as run
+
+
+def test_init_help_says_service_in_one_line(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("COLUMNS", "80")
+    assert init("--help").code == 0
+    helped = capsys.readouterr().out.splitlines()  # argparse writes its help to sys.stdout
+    line = next(x for x in helped if x.lstrip().startswith("--service"))
+    assert line.split(None, 1)[1] == "write the service file that runs loadshed at boot"
+    assert not helped[helped.index(line) + 1].startswith(" " * 8)  # nothing wrapped under it
