@@ -36,13 +36,21 @@ def wait_until(what: str, check: Callable[[], bool], timeout_s: float = WAIT_S) 
 class Loadshed:
     """`python -m loadshed ...` as a child process, its output collected line by line."""
 
-    def __init__(self, args: list[str], cwd: Path, env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        args: list[str],
+        cwd: Path,
+        env: dict[str, str] | None = None,
+        *,
+        argv: list[str] | None = None,
+    ) -> None:
+        """`argv` replaces `python -m loadshed args` (a shell line, say); it gets a stdin pipe."""
         env = {k: v for k, v in os.environ.items() if not k.startswith("LOADSHED_")} | (env or {})
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "loadshed", *args],
+            argv or [sys.executable, "-m", "loadshed", *args],
             cwd=cwd,
             env=env,
-            stdin=subprocess.DEVNULL,
+            stdin=subprocess.PIPE if argv else subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,
