@@ -236,17 +236,8 @@ class Owner:
     env: dict[str, str]
 
     def init_service(self, *args: str) -> Result:
-        done = subprocess.run(
-            [sys.executable, "-m", "loadshed", "init", "--service", *args],
-            cwd=self.tmp,  # no ./config.py here: the user config dir's is the default
-            env=self.env,
-            stdin=subprocess.DEVNULL,
-            capture_output=True,
-            text=True,
-            timeout=SERVICE_TIMEOUT_S,
-            check=False,
-        )
-        return Result(done.returncode, done.stdout, done.stderr)
+        # no ./config.py in tmp: the user config dir's is the default
+        return run_loadshed("init", "--service", *args, cwd=self.tmp, env=self.env)
 
 
 @pytest.fixture

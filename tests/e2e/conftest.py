@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from loadshed.sim.house import SimHouse
+from tests.test_notify import Receiver
 
 WAIT_S = 20.0  # the longest any end-to-end step may take before the test fails
 POLL_S = 0.5  # POLL_SECONDS in the tests' config: the smallest loadshed accepts
@@ -116,3 +117,11 @@ def start(config: Path, tmp_path: Path) -> Iterator[Callable[..., Loadshed]]:
     for process in started:
         if process.process.poll() is None:
             process.stop(signal.SIGKILL)
+
+
+@pytest.fixture
+def receiver() -> Iterator[Receiver]:
+    """An Apprise json:// receiver on 127.0.0.1, keeping each post."""
+    r = Receiver()
+    yield r
+    r.close()

@@ -214,14 +214,6 @@ def home(tmp_path: Path) -> Home:
 
 
 @pytest.fixture
-def receiver() -> Iterator[Receiver]:
-    """An Apprise json:// receiver on 127.0.0.1: where the test's alerts go."""
-    r = Receiver()
-    yield r
-    r.close()
-
-
-@pytest.fixture
 def house() -> Iterator[SimHouse]:
     with SimHouse() as simulated:
         yield simulated

@@ -73,13 +73,6 @@ def sink() -> Iterator[SmtpSink]:
 
 
 @pytest.fixture
-def receiver() -> Iterator[Receiver]:
-    r = Receiver()
-    yield r
-    r.close()
-
-
-@pytest.fixture
 def windows_pc() -> Iterator[int]:
     """A port on 127.0.0.1 that answers like a Windows machine's SMB port, for the probe."""
     listener = socket.create_server(("127.0.0.1", 0))
