@@ -834,7 +834,6 @@ class Engine:
             self._failed(action, device, batch, outcome)
         if action.device in self.registry.computers and action.verb is Verb.SHED:
             self.decide()  # its plug may be waiting for it (policy Rule 9): the same batch
-        self._settle()
 
     async def _switch_off(self, action: Action, device: Device) -> Outcome:
         """Switch a device off; a plug last read a while ago is read first, so that "it was on

@@ -76,7 +76,7 @@ NOT_RUN = {
     "ssh admin@nas true": "needs a real computer (the simulated ones are reached through an "
     "ssh_config the tests write; OpenSSH reads ~/.ssh/config from the password file's home)",
     "systemctl --user daemon-reload": "needs a systemd user session, which a CI container has "
-    "not; tests/test_contrib.py verifies the unit with systemd-analyze",
+    "not; the unit `loadshed init --service` writes is verified with systemd-analyze here",
     "systemctl --user enable --now loadshed": "needs a systemd user session (as above)",
     'loginctl enable-linger "$USER"': "needs systemd-logind (as above)",
     "journalctl --user -u loadshed -f": "needs the journal of a systemd user session",
@@ -177,13 +177,10 @@ class Home:
             assert "--target" in command, "a test never broadcasts: aim discover at loopback"
         return command
 
-    def run(
-        self, command: str, *extra: str, cwd: Path | None = None
-    ) -> subprocess.CompletedProcess[str]:
+    def run(self, command: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
         """Run it in bash, as typed, to its end."""
-        line = " ".join([self.adapt(command), *map(shlex.quote, extra)])
         return subprocess.run(
-            ["bash", "-c", line],
+            ["bash", "-c", self.adapt(command)],
             cwd=cwd or self.cwd,
             env=self.env,
             capture_output=True,
