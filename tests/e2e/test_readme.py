@@ -271,7 +271,7 @@ def test_set_up_a_house_step_by_step(
     while "EXITED" not in (screen := init.wait("a question", new_question)):
         question = next(q for q in answers if q in _last_line(screen) and q not in asked)
         asked.append(question)
-        init.keys(answers[question], "Enter")
+        init.type(answers[question])
     assert "EXITED 0" in screen, screen
     assert {"address", "password", "alerts go"} <= set(asked)
     assert house.password not in init.history()  # typed without echo

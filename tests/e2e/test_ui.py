@@ -86,6 +86,12 @@ class Pane:
     def keys(self, *keys: str) -> None:
         self.tmux("send-keys", "-t", "ui", *keys)
 
+    def type(self, text: str) -> None:
+        """Type text as it is, then Enter: a password that starts with "-" is not an option."""
+        if text:
+            self.tmux("send-keys", "-t", "ui", "-l", "--", text)
+        self.keys("Enter")
+
     def wait(self, what: str, check: Callable[[str], bool], timeout_s: float = WAIT_S) -> str:
         """Poll the screen until check(screen); fail with the last screen in the message."""
         deadline = time.monotonic() + timeout_s
